@@ -1,0 +1,49 @@
+# The two commands of the README:  make lab   and   make test.
+# Each creates .venv when it is missing and installs what it needs into it.
+# torch is pinned to the CPU wheel this project is developed against; a GPU user installs a
+# CUDA build of torch first (see README) and then `pip install -e '.[notebook]'`.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+export MPLBACKEND := Agg
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: lab test unit notebooks browser-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.notebook-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e '.[notebook]'
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e '.[notebook,test]'
+	touch $@
+
+lab: $(VENV)/.notebook-installed
+	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks --no-browser --ip=127.0.0.1
+
+# Chromium for the real-browser test (Debian packages; needs root where they are missing).
+browser-deps:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "browser-deps: /usr/bin/chromium is missing and cannot be installed here (not root or no apt-get); the browser test will be skipped"; fi
+
+unit: $(VENV)/.test-installed browser-deps
+	$(BIN)/python -m pytest tests
+
+notebooks: $(VENV)/.test-installed
+	$(BIN)/python -m pytest --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider notebooks/
+
+test: unit notebooks
+
+clean:
+	rm -rf $(VENV) *.egg-info test-output

@@ -1,0 +1,142 @@
+"""Counting costs: parameters, and GMACs — what the papers call "GFLOPs".
+
+``torch.utils.flop_counter.FlopCounterMode`` counts matmuls and convolutions at
+2 FLOPs per multiply-accumulate; we halve it to report MACs, which is what mmcv's
+counter (and so every table in these papers) calls FLOPs. The attention matmuls are
+counted on the explicit attention path (the flop counter cannot see inside the CPU
+fused kernel). Element-wise work (norms, activations, softmax, pooling, interpolation)
+is not counted, as in the papers.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from segviz.nn.attention import explicit_attention
+
+
+@dataclasses.dataclass
+class FlopReport:
+    """``total``: GMACs of one forward pass; ``per_module``: qualified name -> GMACs (children included)."""
+
+    total: float
+    per_module: dict[str, float]
+    input_shape: tuple[int, ...]
+
+    def __float__(self) -> float:
+        return self.total
+
+    def table(self, depth: int = 1) -> str:
+        rows = [(n, g) for n, g in self.per_module.items() if n and n.count(".") < depth]
+        width = max([len(n) for n, _ in rows] + [6])
+        lines = [f"{'module':<{width}}  GMACs", f"{'(total)':<{width}}  {self.total:8.3f}"]
+        lines += [f"{n:<{width}}  {g:8.3f}" for n, g in rows]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"FlopReport({self.total:.3f} GMACs at input {self.input_shape})"
+
+
+def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 4 or min(shape) < 1:
+        raise ValueError(f"input_shape must be (B, C, H, W) with positive sizes, got {tuple(input_shape)}")
+    return shape
+
+
+def flops(model: nn.Module, input_shape: Sequence[int], device: str | torch.device | None = None) -> FlopReport:
+    """GMACs of one inference forward pass of ``model`` on a zero input of ``input_shape``.
+
+    Args:
+        model: any segviz model (its train/eval mode is restored afterwards).
+        input_shape: (B, C, H, W).
+        device: where to run; default the model's own device. ``"meta"`` counts without
+            computing anything (fast for big published configs) and gives the same figure.
+    """
+    shape = _check_shape(input_shape)
+    model_device = next(iter(model.parameters()), torch.empty(0)).device
+    target = torch.device(device) if device is not None else model_device
+    runner = model if target == model_device else copy.deepcopy(model).to(target)
+    was_training = runner.training
+    runner.eval()
+    counter = FlopCounterMode(display=False, depth=None)
+    try:
+        with torch.no_grad(), explicit_attention(), counter:
+            runner(torch.zeros(shape, device=target))
+    finally:
+        runner.train(was_training)
+    per_module = {}
+    root = type(model).__name__
+    for key, ops in counter.get_flop_counts().items():
+        if key == "Global":
+            continue
+        name = key[len(root) + 1 :] if key.startswith(root + ".") else ("" if key == root else key)
+        per_module[name] = sum(ops.values()) / 2e9
+    return FlopReport(counter.get_total_flops() / 2e9, per_module, shape)
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@dataclasses.dataclass
+class Summary:
+    """Block-by-block table: module, output shape, params, GMACs."""
+
+    rows: list[dict]
+    total_params: int
+    total_gmacs: float
+
+    def __str__(self) -> str:
+        width = max([len(r["module"]) for r in self.rows] + [6])
+        head = f"{'module':<{width}}  {'output shape':<22} {'params':>12} {'GMACs':>9}"
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            shape = "x".join(str(s) for s in r["output_shape"]) if r["output_shape"] else "-"
+            lines.append(f"{r['module']:<{width}}  {shape:<22} {r['params']:>12,} {r['gmacs']:>9.3f}")
+        lines.append("-" * len(head))
+        lines.append(f"{'total':<{width}}  {'':<22} {self.total_params:>12,} {self.total_gmacs:>9.3f}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def summary(model: nn.Module, input_shape: Sequence[int], depth: int = 2, device=None) -> Summary:
+    """Block-by-block table of ``model`` down to ``depth`` levels of submodules."""
+    shape = _check_shape(input_shape)
+    if depth < 1:
+        raise ValueError(f"depth must be at least 1, got {depth}")
+    report = flops(model, shape, device=device)
+    shapes: dict[str, tuple] = {}
+    names = [n for n, _ in model.named_modules() if n and n.count(".") < depth]
+    modules = dict(model.named_modules())
+
+    def hook_for(name):
+        def hook(_module, _inputs, output):
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            if isinstance(out, torch.Tensor):
+                shapes[name] = tuple(out.shape)
+
+        return hook
+
+    handles = [modules[n].register_forward_hook(hook_for(n)) for n in names]
+    was_training = model.training
+    model.eval()
+    try:
+        device_ = next(iter(model.parameters())).device
+        with torch.no_grad():
+            model(torch.zeros(shape, device=device_))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    rows = [
+        {"module": n, "output_shape": shapes.get(n), "params": count_params(modules[n]), "gmacs": report.per_module.get(n, 0.0)}
+        for n in names
+    ]
+    return Summary(rows, count_params(model), report.total)

@@ -1,0 +1,92 @@
+"""The one attention kernel that every attention block in segviz calls.
+
+    Attention(Q, K, V) = softmax(Q Kᵀ / sqrt(d) + B) V            (Vaswani et al. 2017, eq. 1)
+
+with Q: (B, heads, Nq, d), K and V: (B, heads, Nk, d) and an optional additive term
+B broadcastable to (B, heads, Nq, Nk): a mask of 0 / -inf, a relative position bias, or both.
+
+Two paths give the same numbers:
+* the fast path, ``torch.nn.functional.scaled_dot_product_attention`` (fused, memory-light);
+* the explicit path, which forms the (Nq, Nk) probability matrix. It runs when a
+  :func:`segviz.capture` recorder wants this module's probabilities, or when
+  :func:`explicit_attention` is active (FLOP counting: the flop counter does not see
+  inside the CPU SDPA kernel, but it does see the two explicit matmuls).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segviz.inspect import recording
+
+_explicit_depth = 0
+
+
+@contextlib.contextmanager
+def explicit_attention():
+    """Force the explicit (countable) path in :func:`attention` inside the block."""
+    global _explicit_depth
+    _explicit_depth += 1
+    try:
+        yield
+    finally:
+        _explicit_depth -= 1
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    bias: Tensor | None = None,
+    scale: float | None = None,
+    module: nn.Module | None = None,
+    q_hw: tuple[int, int] | None = None,
+    k_hw: tuple[int, int] | None = None,
+    **record_extra,
+) -> Tensor:
+    """softmax(q kᵀ · scale + bias) v, recorded under ``module``'s name when capturing.
+
+    Args:
+        q: (B, heads, Nq, d); k, v: (B, heads, Nk, d).
+        bias: additive term broadcastable to (B, heads, Nq, Nk), or None.
+        scale: defaults to 1 / sqrt(d).
+        module: the calling block; its qualified name is the record's key.
+        q_hw, k_hw: the query / key grid sizes, so a record can be drawn on the image.
+        record_extra: further fields for the record (e.g. window layout and shift).
+
+    Returns:
+        (B, heads, Nq, d)
+    """
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            f"attention expects (B, heads, N, d) tensors, got q {tuple(q.shape)}, "
+            f"k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if k.shape[-2] != v.shape[-2] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"attention shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}; "
+            "k and v need the same length Nk, q and k the same head dim d"
+        )
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    wants_record = recording.wants(module, "attention")
+    if not wants_record and _explicit_depth == 0:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+
+    logits = (q * scale) @ k.transpose(-2, -1)
+    if bias is not None:
+        logits = logits + bias
+    probs = logits.softmax(dim=-1)
+    if wants_record:
+        recording.emit(module, "attention", probs=probs, q_hw=q_hw, k_hw=k_hw, **record_extra)
+    return probs @ v
+
+
+def attention_macs(batch: int, heads: int, nq: int, nk: int, head_dim: int, value_dim: int | None = None) -> int:
+    """Multiply-accumulates of one attention call: q kᵀ plus probs · v."""
+    value_dim = head_dim if value_dim is None else value_dim
+    return batch * heads * nq * nk * (head_dim + value_dim)

@@ -1,0 +1,64 @@
+"""Small blocks shared by several architectures."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): in training, drop a residual branch for a
+    whole sample with probability ``p`` and rescale the kept ones by 1 / (1 - p).
+    Identity at inference. x: (B, ...) -> (B, ...)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop-path probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class ConvBNReLU(nn.Sequential):
+    """Conv (no bias) -> BatchNorm -> ReLU, the fuse/projection unit of the decoders.
+    (B, C_in, H, W) -> (B, C_out, H', W')."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int = 1, padding: int = 0, dilation: int = 1):
+        super().__init__(
+            nn.Conv2d(c_in, c_out, kernel_size, padding=padding, dilation=dilation, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+        )
+        self.conv, self.bn = self[0], self[1]
+
+
+def drop_path_rates(total: float, depths: list[int]) -> list[list[float]]:
+    """Stochastic-depth rates rising linearly from 0 to ``total`` over all blocks, split per stage."""
+    rates = torch.linspace(0, total, sum(depths)).tolist()
+    out, start = [], 0
+    for d in depths:
+        out.append(rates[start : start + d])
+        start += d
+    return out
+
+
+def tokens_to_map(x: Tensor, hw: tuple[int, int]) -> Tensor:
+    """(B, N, C) tokens -> (B, C, h, w) map, N = h·w."""
+    b, n, c = x.shape
+    h, w = hw
+    if n != h * w:
+        raise ValueError(f"{n} tokens cannot form a {h}x{w} map")
+    return x.transpose(1, 2).reshape(b, c, h, w)
+
+
+def map_to_tokens(x: Tensor) -> Tensor:
+    """(B, C, h, w) map -> (B, h·w, C) tokens."""
+    return x.flatten(2).transpose(1, 2)
