@@ -1,1 +1,2 @@
 """One file per architecture; importing this package registers every variant."""
+from segviz.models import segformer  # noqa: F401

@@ -1,0 +1,439 @@
+"""SegFormer (Xie et al., NeurIPS 2021), block by block, in the order of the paper.
+
+    image (B, 3, H, W)
+      -> MixTransformer encoder: four stages, each OverlapPatchEmbed -> MiTBlocks -> LayerNorm,
+         giving maps at 1/4, 1/8, 1/16, 1/32 of the input with C1..C4 channels
+      -> AllMLPDecoder: per-stage Linear to C, upsample to 1/4, concat, fuse, classify
+      -> logits (B, num_classes, H/4, W/4)
+
+There is no positional encoding anywhere, so any input size works: the 3x3 depthwise
+convolution inside every Mix-FFN gives the tokens a sense of where they are.
+
+Faithful to the official code (NVlabs/SegFormer, ``mix_transformer.py`` and
+``segformer_head.py``): names, shapes, order of operations, initialisation, and the
+LayerNorm epsilons (1e-6 in blocks and stage norms; the plain ``nn.LayerNorm`` default
+1e-5 in the patch embeddings and the key/value reduction). Checkpoints from the
+original code and from HuggingFace ``transformers`` load through
+:mod:`segviz.models.segformer_weights`.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segviz.inspect import recording
+from segviz.nn.attention import attention
+from segviz.nn.layers import DropPath, drop_path_rates, map_to_tokens, tokens_to_map
+from segviz.nn.reduction import SpatialReductionAttention
+from segviz.registry import register
+
+BLOCK_EPS = 1e-6  # LayerNorms inside blocks and closing each stage (official: partial(nn.LayerNorm, eps=1e-6))
+PLAIN_EPS = 1e-5  # LayerNorms the official code builds as plain nn.LayerNorm (patch embed, k/v reduction)
+
+
+# ----------------------------------------------------------------------------------------
+# 1. Overlapped patch merging
+# ----------------------------------------------------------------------------------------
+class OverlapPatchEmbed(nn.Module):
+    """Overlapping patch embedding: a strided convolution whose kernel is larger than its
+    stride, so neighbouring patches share pixels (ViT's patches do not overlap).
+
+        tokens = LayerNorm(flatten(Conv_{K, S, P}(x)))
+
+    Stage 1 uses K=7, S=4, P=3; stages 2-4 use K=3, S=2, P=1 (padding = K // 2).
+
+    Shapes: x (B, C_in, H, W) -> tokens (B, h·w, D) and (h, w), with
+    h = floor((H + 2P - K) / S) + 1 (= ceil(H / S) for these kernels).
+    """
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, stride: int, eps: float = PLAIN_EPS):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride, padding=patch_size // 2)
+        self.norm = nn.LayerNorm(embed_dim, eps=eps)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        x = self.proj(x)
+        h, w = x.shape[-2:]
+        return self.norm(map_to_tokens(x)), (h, w)
+
+
+# ----------------------------------------------------------------------------------------
+# 2. Efficient self-attention
+# ----------------------------------------------------------------------------------------
+class EfficientSelfAttention(SpatialReductionAttention):
+    """Multi-head self-attention whose keys and values come from a shrunken map.
+
+        Q = x W_q                                       (B, heads, N, d),   N = h·w
+        x̂ = LayerNorm(Conv_{sr, stride sr}(x as map))   (B, N / sr², C)
+        [K, V] = x̂ W_kv                                 (B, heads, N / sr², d) each
+        out = softmax(Q Kᵀ / sqrt(d)) V W_o             (B, N, C)
+
+    ``sr_ratio`` shrinks each *side* of the map, so the key sequence is ``sr²`` times
+    shorter. The paper's "reduction ratio R" is that sequence factor, R = sr², and the
+    cost drops from O(N²) to O(N² / R). Stages with ``sr_ratio == 1`` have no conv and no
+    LayerNorm: they attend over all N tokens.
+
+    Inference spatial reduction (ISR, from the EDAFormer paper): :func:`segviz.isr` can set
+    a larger per-side ratio for inference only. It must be a multiple of ``sr_ratio``; the
+    learned conv runs first, then the map is pooled by ``ratio // sr_ratio``, then LayerNorm
+    and the k/v Linear. SegFormer was *not* trained with ISR (EDAFormer was), so expect
+    some loss of accuracy when using it here.
+    """
+
+    def __init__(self, dim: int, num_heads: int, sr_ratio: int, qkv_bias: bool = True, eps: float = PLAIN_EPS):
+        super().__init__(train_ratio=sr_ratio)
+        if dim % num_heads:
+            raise ValueError(f"embedding dim {dim} is not divisible by {num_heads} heads")
+        self.dim, self.num_heads, self.sr_ratio = dim, num_heads, sr_ratio
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
+            self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def isr_check(self, ratio: int) -> None:
+        super().isr_check(ratio)
+        if ratio % self.sr_ratio:
+            raise ValueError(
+                f"{self._where()}: an inference ratio must be a multiple of the learned reduction "
+                f"{self.sr_ratio} (the conv runs first, then pooling); got {ratio}"
+            )
+
+    def reduce(self, x: Tensor, hw: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
+        """The key/value tokens: (B, N, C) -> (B, Nk, C) and their grid (kh, kw)."""
+        if self.ratio == 1:
+            return x, hw
+        m = tokens_to_map(x, hw)
+        if self.sr_ratio > 1:
+            m = self.sr(m)
+        m = self.pool(m, self.ratio // self.sr_ratio)
+        kv = map_to_tokens(m)
+        if self.sr_ratio > 1:
+            kv = self.norm(kv)
+        return kv, tuple(m.shape[-2:])
+
+    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        b, n, c = x.shape
+        self.check_map(*hw)
+        heads, d = self.num_heads, c // self.num_heads
+        q = self.q(x).reshape(b, n, heads, d).transpose(1, 2)
+        kv_tokens, k_hw = self.reduce(x, hw)
+        k, v = self.kv(kv_tokens).reshape(b, -1, 2, heads, d).permute(2, 0, 3, 1, 4)
+        out = attention(q, k, v, module=self, q_hw=tuple(hw), k_hw=k_hw)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, heads={self.num_heads}, sr_ratio={self.sr_ratio}"
+
+
+# ----------------------------------------------------------------------------------------
+# 3. Mix-FFN
+# ----------------------------------------------------------------------------------------
+class MixFFN(nn.Module):
+    """The feed-forward network with a 3x3 depthwise convolution between its two Linears:
+
+        x_out = MLP(GELU(Conv3x3(MLP(x_in)))) + x_in     (the residual is added by MiTBlock)
+
+    The zero-padded depthwise conv leaks enough position information that SegFormer needs
+    no positional encoding. Shapes: (B, N, C) -> (B, N, C), hidden width C·mlp_ratio.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        x = self.fc1(x)
+        x = map_to_tokens(self.dwconv(tokens_to_map(x, hw)))
+        return self.fc2(self.act(x))
+
+
+# ----------------------------------------------------------------------------------------
+# 4. The transformer block and the hierarchical encoder
+# ----------------------------------------------------------------------------------------
+class MiTBlock(nn.Module):
+    """One Mix Transformer block, pre-norm:
+
+        x = x + DropPath(EfficientSelfAttention(LN(x)))
+        x = x + DropPath(MixFFN(LN(x)))
+
+    Shapes: (B, N, C) -> (B, N, C).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        sr_ratio: int,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        qkv_bias: bool = True,
+        eps: float = BLOCK_EPS,
+        reduction_eps: float = PLAIN_EPS,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = EfficientSelfAttention(dim, num_heads, sr_ratio, qkv_bias=qkv_bias, eps=reduction_eps)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = MixFFN(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), hw))
+        return x + self.drop_path(self.mlp(self.norm2(x), hw))
+
+
+class MiTStage(nn.Module):
+    """One encoder stage: OverlapPatchEmbed -> ``depth`` MiTBlocks -> LayerNorm.
+
+    (B, C_in, H, W) -> (B, C, h, w); the output map is recorded as a "feature".
+    """
+
+    def __init__(self, patch_embed: OverlapPatchEmbed, blocks: Sequence[MiTBlock], dim: int, eps: float):
+        super().__init__()
+        self.patch_embed = patch_embed
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, hw = self.patch_embed(x)
+        for block in self.blocks:
+            x = block(x, hw)
+        out = tokens_to_map(self.norm(x), hw)
+        if recording.wants(self, "feature"):
+            recording.emit(self, "feature", features=out)
+        return out
+
+
+def _init_official(m: nn.Module) -> None:
+    """The official encoder init: trunc-normal(0.02) Linear, unit LayerNorm, He-normal conv (fan-out)."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv2d):
+        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+        nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+class MixTransformer(nn.Module):
+    """The hierarchical encoder MiT: four stages at strides 4, 8, 16, 32.
+
+    (B, 3, H, W) -> [(B, C1, H/4, W/4), (B, C2, H/8, W/8), (B, C3, H/16, W/16), (B, C4, H/32, W/32)]
+    (sizes rounded up for inputs that are not multiples of 32).
+
+    Args:
+        layer_norm_eps: None (default) keeps the official epsilons (1e-6 in blocks and stage
+            norms, 1e-5 in patch embeddings and k/v reduction). A number sets every LayerNorm
+            to it; HuggingFace ``transformers`` builds all of them with 1e-5, so its
+            checkpoints load with ``layer_norm_eps=1e-5`` to give identical outputs.
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        embed_dims: Sequence[int] = (32, 64, 160, 256),
+        depths: Sequence[int] = (2, 2, 2, 2),
+        num_heads: Sequence[int] = (1, 2, 5, 8),
+        sr_ratios: Sequence[int] = (8, 4, 2, 1),
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path_rate: float = 0.1,
+        layer_norm_eps: float | None = None,
+    ):
+        super().__init__()
+        lists = {"embed_dims": embed_dims, "depths": depths, "num_heads": num_heads, "sr_ratios": sr_ratios}
+        if any(len(v) != 4 for v in lists.values()):
+            raise ValueError(f"MixTransformer has 4 stages; give 4 values each, got {lists}")
+        block_eps = BLOCK_EPS if layer_norm_eps is None else layer_norm_eps
+        plain_eps = PLAIN_EPS if layer_norm_eps is None else layer_norm_eps
+        self.embed_dims = tuple(embed_dims)
+        rates = drop_path_rates(drop_path_rate, list(depths))
+        stages = []
+        for i in range(4):
+            dim = embed_dims[i]
+            patch_embed = OverlapPatchEmbed(
+                in_chans if i == 0 else embed_dims[i - 1], dim,
+                patch_size=7 if i == 0 else 3, stride=4 if i == 0 else 2, eps=plain_eps,
+            )
+            blocks = [
+                MiTBlock(dim, num_heads[i], sr_ratios[i], mlp_ratio, rates[i][j], qkv_bias, block_eps, plain_eps)
+                for j in range(depths[i])
+            ]
+            for block in blocks:
+                block.attn.isr_role = ("encoder", i + 1)
+            stages.append(MiTStage(patch_embed, blocks, dim, block_eps))
+        self.stages = nn.ModuleList(stages)
+        self.apply(_init_official)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+# ----------------------------------------------------------------------------------------
+# 5. The all-MLP decoder
+# ----------------------------------------------------------------------------------------
+class MLPProjection(nn.Module):
+    """Decoder steps 1-2 for one stage: a Linear from C_i to C, then bilinear upsampling
+    to 1/4 of the input.
+
+        F̂_i = Upsample_{H/4 x W/4}(Linear(C_i, C)(F_i))
+
+    (B, C_i, h_i, w_i) -> (B, C, H/4, W/4); the result is recorded as a "feature".
+    """
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, dim)
+
+    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        out = tokens_to_map(self.proj(map_to_tokens(x)), tuple(x.shape[-2:]))
+        out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+        if recording.wants(self, "feature"):
+            recording.emit(self, "feature", features=out)
+        return out
+
+
+class AllMLPDecoder(nn.Module):
+    """The paper's lightweight decoder, four steps:
+
+        F̂_i = Linear(C_i, C)(F_i)                     for i = 1..4        (1: unify channels)
+        F̂_i = Upsample(H/4 x W/4)(F̂_i)                                   (2: common resolution)
+        F   = Linear(4C, C)(Concat(F̂_4, F̂_3, F̂_2, F̂_1))                  (3: fuse; 1x1 conv+BN+ReLU)
+        M   = Linear(C, N_cls)(Dropout(F))                                 (4: classify)
+
+    Shapes: four maps (B, C_i, H/2^(i+1), W/2^(i+1)) -> logits (B, num_classes, H/4, W/4).
+    Records: ``linear_c.{0..3}`` give the projected, upsampled maps; the decoder itself
+    records the fused map F as its "feature".
+    """
+
+    def __init__(self, in_dims: Sequence[int], dim: int, num_classes: int, dropout: float = 0.1):
+        super().__init__()
+        self.linear_c = nn.ModuleList(MLPProjection(c, dim) for c in in_dims)
+        self.linear_fuse = nn.Sequential(
+            OrderedDict(
+                conv=nn.Conv2d(len(in_dims) * dim, dim, 1, bias=False),
+                bn=nn.BatchNorm2d(dim),
+                act=nn.ReLU(inplace=True),
+            )
+        )
+        self.dropout = nn.Dropout2d(dropout)
+        self.linear_pred = nn.Conv2d(dim, num_classes, 1)
+        # mmcv's ConvModule init for the fuse conv; the Linears and the classifier keep
+        # PyTorch's defaults, as in the official head.
+        nn.init.kaiming_normal_(self.linear_fuse.conv.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, features: Sequence[Tensor]) -> Tensor:
+        size = tuple(features[0].shape[-2:])
+        projected = [proj(f, size) for proj, f in zip(self.linear_c, features)]
+        fused = self.linear_fuse(torch.cat(projected[::-1], dim=1))
+        if recording.wants(self, "feature"):
+            recording.emit(self, "feature", features=fused)
+        return self.linear_pred(self.dropout(fused))
+
+
+# ----------------------------------------------------------------------------------------
+# 6. The whole model
+# ----------------------------------------------------------------------------------------
+class SegFormer(nn.Module):
+    """SegFormer = MixTransformer encoder + AllMLPDecoder.
+
+    ``forward``: (B, 3, H, W) -> logits (B, num_classes, ceil(H/4), ceil(W/4)).
+    ``predict``: the same logits upsampled to (B, num_classes, H, W).
+
+    Args:
+        num_classes: classifier size (150 for ADE20K).
+        embed_dims, depths, num_heads, sr_ratios, mlp_ratio, qkv_bias, drop_path_rate,
+        layer_norm_eps: see :class:`MixTransformer`.
+        decoder_dim: the decoder's C (256 for B0/B1, 768 for B2-B5).
+        decoder_dropout: dropout before the classifier (0.1 officially).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 150,
+        embed_dims: Sequence[int] = (32, 64, 160, 256),
+        depths: Sequence[int] = (2, 2, 2, 2),
+        num_heads: Sequence[int] = (1, 2, 5, 8),
+        sr_ratios: Sequence[int] = (8, 4, 2, 1),
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path_rate: float = 0.1,
+        decoder_dim: int = 256,
+        decoder_dropout: float = 0.1,
+        layer_norm_eps: float | None = None,
+        in_chans: int = 3,
+    ):
+        super().__init__()
+        self.encoder = MixTransformer(
+            in_chans, embed_dims, depths, num_heads, sr_ratios, mlp_ratio, qkv_bias, drop_path_rate, layer_norm_eps
+        )
+        self.decoder = AllMLPDecoder(embed_dims, decoder_dim, num_classes, decoder_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decoder(self.encoder(x))
+
+    @staticmethod
+    def upsample_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
+        """Bilinear upsampling of (B, K, h, w) logits to (B, K, *size)."""
+        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Logits at the input resolution: (B, 3, H, W) -> (B, num_classes, H, W)."""
+        return self.upsample_logits(self(x), x.shape[-2:])
+
+
+# ----------------------------------------------------------------------------------------
+# Variants
+# ----------------------------------------------------------------------------------------
+_WIDE = (64, 128, 320, 512)
+CONFIGS = {
+    "segformer-b0": dict(embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2), decoder_dim=256),
+    "segformer-b1": dict(embed_dims=_WIDE, depths=(2, 2, 2, 2), decoder_dim=256),
+    "segformer-b2": dict(embed_dims=_WIDE, depths=(3, 4, 6, 3), decoder_dim=768),
+    "segformer-b3": dict(embed_dims=_WIDE, depths=(3, 4, 18, 3), decoder_dim=768),
+    "segformer-b4": dict(embed_dims=_WIDE, depths=(3, 8, 27, 3), decoder_dim=768),
+    "segformer-b5": dict(embed_dims=_WIDE, depths=(3, 6, 40, 3), decoder_dim=768),
+}
+_COMMON = dict(num_classes=150, num_heads=(1, 2, 5, 8), sr_ratios=(8, 4, 2, 1), mlp_ratio=4.0, drop_path_rate=0.1)
+
+
+def _reader(path: str, config: dict):
+    from segviz.models.segformer_weights import read_segformer_checkpoint
+
+    return read_segformer_checkpoint(path, config)
+
+
+for _name, _cfg in CONFIGS.items():
+    register(
+        _name, SegFormer, {**_COMMON, **_cfg}, reader=_reader,
+        description=f"SegFormer-{_name[-2:].upper()} (Xie et al. 2021), published config",
+    )
+register(
+    "segformer-nano",
+    SegFormer,
+    dict(
+        num_classes=5, embed_dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 4),
+        sr_ratios=(8, 4, 2, 1), mlp_ratio=4.0, drop_path_rate=0.1, decoder_dim=64,
+    ),
+    reader=_reader,
+    description="a tiny SegFormer for CPU notebooks (5 Shapes classes)",
+)
