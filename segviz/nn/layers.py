@@ -1,6 +1,8 @@
 """Small blocks shared by several architectures."""
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import Tensor, nn
 
@@ -32,17 +34,16 @@ class ConvBNReLU(nn.Sequential):
     (B, C_in, H, W) -> (B, C_out, H', W')."""
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int = 1, padding: int = 0, dilation: int = 1):
-        super().__init__(
-            nn.Conv2d(c_in, c_out, kernel_size, padding=padding, dilation=dilation, bias=False),
-            nn.BatchNorm2d(c_out),
-            nn.ReLU(inplace=True),
-        )
-        self.conv, self.bn = self[0], self[1]
+        super().__init__(OrderedDict(
+            conv=nn.Conv2d(c_in, c_out, kernel_size, padding=padding, dilation=dilation, bias=False),
+            bn=nn.BatchNorm2d(c_out),
+            relu=nn.ReLU(inplace=True),
+        ))
 
 
 def drop_path_rates(total: float, depths: list[int]) -> list[list[float]]:
     """Stochastic-depth rates rising linearly from 0 to ``total`` over all blocks, split per stage."""
-    rates = torch.linspace(0, total, sum(depths)).tolist()
+    rates = torch.linspace(0, total, sum(depths), device="cpu").tolist()  # plain numbers, also under meta
     out, start = [], 0
     for d in depths:
         out.append(rates[start : start + d])
