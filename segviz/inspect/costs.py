@@ -59,9 +59,8 @@ def flops(model: nn.Module, input_shape: Sequence[int], device: str | torch.devi
             computing anything (fast for big published configs) and gives the same figure.
     """
     shape = _check_shape(input_shape)
-    model_device = next(iter(model.parameters()), torch.empty(0)).device
-    target = torch.device(device) if device is not None else model_device
-    runner = model if target == model_device else copy.deepcopy(model).to(target)
+    runner = _on_device(model, device)
+    target = _device_of(runner)
     was_training = runner.training
     runner.eval()
     counter = FlopCounterMode(display=False, depth=None)
@@ -78,6 +77,17 @@ def flops(model: nn.Module, input_shape: Sequence[int], device: str | torch.devi
         name = key[len(root) + 1 :] if key.startswith(root + ".") else ("" if key == root else key)
         per_module[name] = sum(ops.values()) / 2e9
     return FlopReport(counter.get_total_flops() / 2e9, per_module, shape)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(iter(model.parameters()), torch.empty(0)).device
+
+
+def _on_device(model: nn.Module, device) -> nn.Module:
+    """``model`` itself, or a copy of it on ``device`` when that is another device."""
+    if device is None or torch.device(device) == _device_of(model):
+        return model
+    return copy.deepcopy(model).to(device)
 
 
 def count_params(module: nn.Module) -> int:
@@ -111,10 +121,10 @@ def summary(model: nn.Module, input_shape: Sequence[int], depth: int = 2, device
     shape = _check_shape(input_shape)
     if depth < 1:
         raise ValueError(f"depth must be at least 1, got {depth}")
-    report = flops(model, shape, device=device)
+    runner = _on_device(model, device)
     shapes: dict[str, tuple] = {}
-    names = [n for n, _ in model.named_modules() if n and n.count(".") < depth]
-    modules = dict(model.named_modules())
+    modules = dict(runner.named_modules())
+    names = [n for n in modules if n and n.count(".") < depth]
 
     def hook_for(name):
         def hook(_module, _inputs, output):
@@ -125,18 +135,20 @@ def summary(model: nn.Module, input_shape: Sequence[int], depth: int = 2, device
         return hook
 
     handles = [modules[n].register_forward_hook(hook_for(n)) for n in names]
-    was_training = model.training
-    model.eval()
     try:
-        device_ = next(iter(model.parameters())).device
-        with torch.no_grad():
-            model(torch.zeros(shape, device=device_))
+        report = flops(runner, shape)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
+
+    def gmacs_of(name: str) -> float:
+        # containers that are never called themselves (ModuleList) add up their children
+        if name in report.per_module:
+            return report.per_module[name]
+        return sum(gmacs_of(f"{name}.{child}") for child, _ in modules[name].named_children())
+
     rows = [
-        {"module": n, "output_shape": shapes.get(n), "params": count_params(modules[n]), "gmacs": report.per_module.get(n, 0.0)}
+        {"module": n, "output_shape": shapes.get(n), "params": count_params(modules[n]), "gmacs": gmacs_of(n)}
         for n in names
     ]
-    return Summary(rows, count_params(model), report.total)
+    return Summary(rows, count_params(runner), report.total)

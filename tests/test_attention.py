@@ -1,0 +1,71 @@
+import math
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from segviz.inspect import capture
+from segviz.nn import attention, attention_macs, explicit_attention
+from tests.toys import ToyAttention
+
+
+def _qkv(b=2, h=3, nq=10, nk=7, d=16):
+    return torch.randn(b, h, nq, d), torch.randn(b, h, nk, d), torch.randn(b, h, nk, d)
+
+
+def _reference(q, k, v, bias=None):
+    logits = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if bias is not None:
+        logits = logits + bias
+    return logits.softmax(-1) @ v
+
+
+@pytest.mark.parametrize("kind", ["none", "bias", "mask", "mask+bias"])
+def test_fast_and_explicit_paths_agree(kind):
+    q, k, v = _qkv()
+    bias = None
+    if "bias" in kind:
+        bias = torch.randn(1, 3, 10, 7)
+    if "mask" in kind:
+        mask = torch.zeros(2, 1, 10, 7)
+        mask[..., 3:5] = float("-inf")
+        bias = mask if bias is None else bias + mask
+    fast = attention(q, k, v, bias=bias)
+    with explicit_attention():
+        explicit = attention(q, k, v, bias=bias)
+    assert (fast - explicit).abs().max() < 1e-5
+    assert (fast - _reference(q, k, v, bias)).abs().max() < 1e-5
+    if "mask" in kind:  # masked keys get exactly zero weight, so their values cannot leak
+        v2 = v.clone()
+        v2[:, :, 3:5] = 1e3
+        assert (attention(q, k, v2, bias=bias) - fast).abs().max() < 1e-4
+
+
+def test_recording_path_agrees_and_records_probabilities():
+    module = ToyAttention(dim=8, heads=2)
+    x = torch.randn(1, 12, 8)
+    plain = module(x, (3, 4))
+    with capture(module) as rec:
+        recorded = module(x, (3, 4))
+    assert (plain - recorded).abs().max() < 1e-5
+    record = rec.attention[""]
+    assert record.probs.shape == (1, 2, 12, 12)
+    assert record.q_hw == (3, 4) and record.k_hw == (3, 4)
+    assert torch.allclose(record.probs.sum(-1), torch.ones(1, 2, 12), atol=1e-6)
+    assert record.map_for((1, 2), head=1).shape == (3, 4)
+
+
+def test_explicit_path_is_counted_like_the_formula():
+    q, k, v = _qkv(b=2, h=3, nq=10, nk=7, d=16)
+    counter = FlopCounterMode(display=False)
+    with counter, explicit_attention():
+        attention(q, k, v)
+    assert counter.get_total_flops() == 2 * attention_macs(2, 3, 10, 7, 16)
+
+
+def test_bad_shapes_raise_clear_errors():
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match=r"\(B, heads, N, d\)"):
+        attention(q[0], k, v)
+    with pytest.raises(ValueError, match="same length Nk"):
+        attention(q, k, v[:, :, :3])

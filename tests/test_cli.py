@@ -1,0 +1,29 @@
+import subprocess
+import sys
+
+import pytest
+
+from segviz import registry
+from segviz.__main__ import main
+from tests.toys import ToyNet
+
+
+@pytest.fixture
+def toy_registered(monkeypatch):
+    monkeypatch.setitem(registry._REGISTRY, "toy-net", registry.ModelSpec("toy-net", ToyNet, {"num_classes": 3}))
+
+
+def test_summary_command_prints_the_table(toy_registered, capsys):
+    assert main(["summary", "toy-net", "--size", "32", "--depth", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "toy-net at 32x32" in out and "1x8x8x8" in out and "total" in out
+
+
+def test_unknown_model_is_a_clean_error(toy_registered, capsys):
+    assert main(["summary", "no-such-model"]) == 2
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+
+
+def test_module_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "segviz", "list"], capture_output=True, text=True, check=True)
+    assert out.returncode == 0
