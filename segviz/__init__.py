@@ -8,6 +8,7 @@
 """
 import torch
 
+from segviz import data
 from segviz.inspect import capture, count_params, flops, summary
 from segviz.registry import create_model, list_models
 
@@ -19,4 +20,4 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-__all__ = ["capture", "count_params", "create_model", "device", "flops", "list_models", "summary"]
+__all__ = ["data", "capture", "count_params", "create_model", "device", "flops", "list_models", "summary"]
