@@ -1,2 +1,3 @@
 """One file per architecture; importing this package registers every variant."""
 from segviz.models import segformer  # noqa: F401
+from segviz.models import edaformer  # noqa: F401

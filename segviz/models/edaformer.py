@@ -1,0 +1,353 @@
+"""EDAFormer (Yu et al., ECCV 2024): "Embedding-Free Transformer with Inference Spatial
+Reduction for Efficient Semantic Segmentation". Official code: hyunwoo137/EDAFormer.
+
+The file reads top-down like the paper:
+
+* :class:`EmbeddingFreeAttention` (EFA): attention without query/key/value projections;
+* :class:`EncoderFeedForward` (the encoder's FFL; the decoder's is SegFormer's Mix-FFN) and
+  :class:`EFTBlock`;
+* :class:`EFTStage` and :class:`EFTEncoder`: the hierarchical Embedding-Free Transformer
+  encoder, four stages at 1/4, 1/8, 1/16 and 1/32 of the input;
+* :class:`DecoderStage` and :class:`AllAttentionDecoder`: EFT blocks on encoder stages 4, 3
+  and 2 (the paper's {3-2-1} design), upsampling, fusion and the classifier;
+* :class:`EDAFormer`: encoder + decoder; logits at 1/8 of the input.
+
+Every EFA is a :class:`segviz.nn.SpatialReductionAttention`, so
+``segviz.inspect.isr.isr(model, encoder=..., decoder=...)`` (inference spatial reduction)
+can change its key/value reduction ratio at inference on the same weights.
+
+Checkpoints in the official (mmseg) layout load through
+``create_model("edaformer-t", weights=PATH)``; see :mod:`segviz.models.edaformer_weights`.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segviz.inspect import recording
+from segviz.models.segformer import MixFFN, OverlapPatchEmbed, _init_official
+from segviz.nn import ConvBNReLU, DropPath, SpatialReductionAttention, attention, drop_path_rates
+from segviz.nn import map_to_tokens, tokens_to_map
+from segviz.registry import register
+
+
+class EmbeddingFreeAttention(SpatialReductionAttention):
+    """Embedding-free attention (EFA), the paper's Sec. 3.1 and Fig. 1.
+
+    With x the (normalised) tokens of an h×w map, R the per-side reduction ratio:
+
+        Q = x                                   (B, N, C),   N = h·w
+        K = V = SR(x) = Conv1x1(AvgPool_R(x))   (B, N', C),  N' = ⌊h/R⌋·⌊w/R⌋
+        EFA(x) = Linear( softmax(Q Kᵀ / sqrt(d)) V )
+
+    split into ``heads`` heads of d = C / heads channels (consecutive channel groups).
+
+    What "embedding-free" removes: the three token-wise Linear projections W_q, W_k, W_v of
+    standard attention (3·C² weights). Queries are the input itself, keys and values are one
+    and the same tensor. What it keeps: the output Linear (``proj``) and, on the key/value
+    side, the 1×1 conv (``sr``, with bias) applied to the *pooled* map and shared by K and V;
+    it works at the reduced resolution N', so it costs N'·C² instead of N·C².
+
+    The decoder version (``decoder=True``) adds LayerNorm (eps 1e-5) and GELU after the
+    shared conv, as in the official decode head.
+
+    The pooling uses the ratio in force (:attr:`ratio`): the training ratio, or the larger one
+    set by ISR. Average pooling floors (⌊h/R⌋): a ragged border is dropped, as in
+    ``nn.AvgPool2d``. Ratio 1 leaves the map as is.
+
+    Shapes: x (B, N, C) with ``hw`` = (h, w) -> (B, N, C).
+    """
+
+    def __init__(self, dim: int, heads: int, pool_ratio: int, decoder: bool = False):
+        super().__init__(pool_ratio)
+        if dim % heads:
+            raise ValueError(f"EmbeddingFreeAttention: dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.decoder = decoder
+        self.sr = nn.Conv2d(dim, dim, kernel_size=1)  # the one 1x1 conv shared by K and V
+        if decoder:
+            self.norm = nn.LayerNorm(dim, eps=1e-5)
+            self.act = nn.GELU()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        b, n, c = x.shape
+        h, w = hw
+        self.check_map(h, w)
+        d = c // self.heads
+        q = x.reshape(b, n, self.heads, d).transpose(1, 2)  # (B, heads, N, d)
+        kv_map = self.sr(self.pool(tokens_to_map(x, hw), self.ratio))  # (B, C, h', w')
+        k_hw = tuple(kv_map.shape[-2:])
+        kv = map_to_tokens(kv_map)  # (B, N', C)
+        if self.decoder:
+            kv = self.act(self.norm(kv))
+        kv = kv.reshape(b, -1, self.heads, d).transpose(1, 2)  # (B, heads, N', d)
+        out = attention(q, kv, kv, module=self, q_hw=(h, w), k_hw=k_hw)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}, train_ratio={self.train_ratio}, decoder={self.decoder}"
+
+
+class EncoderFeedForward(MixFFN):
+    """The encoder's FFL: SegFormer's Mix-FFN with a ReLU after the first Linear
+    (PVTv2's "linear" variant, as the official backbone builds it):
+
+        FFL(x) = Linear(GELU(DWConv3x3(ReLU(Linear(x)))))
+
+    The decoder's FFL is the plain :class:`~segviz.models.segformer.MixFFN` (no ReLU).
+    Shapes: x (B, N, C) with ``hw`` = (h, w) -> (B, N, C).
+    """
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__(dim, hidden_dim)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        x = self.relu(self.fc1(x))
+        x = map_to_tokens(self.dwconv(tokens_to_map(x, hw)))
+        return self.fc2(self.act(x))
+
+
+class EFTBlock(nn.Module):
+    """Embedding-Free Transformer block, pre-norm (paper Fig. 2b):
+
+        x = x + DropPath(EFA(LN(x)))
+        x = x + DropPath(FFL(LN(x)))
+
+    LayerNorm eps is 1e-6 in the encoder and 1e-5 (PyTorch's default) in the decoder, as in
+    the official code. Shapes: (B, N, C) with ``hw`` -> (B, N, C).
+    """
+
+    def __init__(self, dim: int, heads: int, pool_ratio: int, mlp_ratio: float,
+                 drop_path: float = 0.0, decoder: bool = False):
+        super().__init__()
+        eps = 1e-5 if decoder else 1e-6
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = EmbeddingFreeAttention(dim, heads, pool_ratio, decoder=decoder)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = (MixFFN if decoder else EncoderFeedForward)(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), hw))
+        return x + self.drop_path(self.mlp(self.norm2(x), hw))
+
+
+def _set_role(blocks: nn.ModuleList, group: str, stage: int) -> None:
+    for block in blocks:
+        block.attn.isr_role = (group, stage)
+
+
+class EFTStage(nn.Module):
+    """One encoder stage: overlapping patch embedding, EFT blocks, LayerNorm (eps 1e-6).
+
+    (B, C_in, H, W) -> (B, C, H / stride, W / stride); emits a "feature" record.
+    """
+
+    def __init__(self, stage: int, in_chans: int, dim: int, heads: int, depth: int, pool_ratio: int,
+                 mlp_ratio: float, drop_paths: Sequence[float]):
+        super().__init__()
+        self.stage = stage
+        patch, stride = (7, 4) if stage == 1 else (3, 2)
+        self.patch_embed = OverlapPatchEmbed(in_chans, dim, patch, stride)
+        self.blocks = nn.ModuleList(
+            EFTBlock(dim, heads, pool_ratio, mlp_ratio, drop_path=p) for p in drop_paths[:depth]
+        )
+        _set_role(self.blocks, "encoder", stage)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens, hw = self.patch_embed(x)
+        for block in self.blocks:
+            tokens = block(tokens, hw)
+        out = tokens_to_map(self.norm(tokens), hw)
+        if recording.wants(self, "feature"):
+            recording.emit(self, "feature", features=out)
+        return out
+
+
+class EFTEncoder(nn.Module):
+    """The Embedding-Free Transformer encoder: four stages at strides 4, 8, 16, 32.
+
+    (B, 3, H, W) -> [ (B, C_i, H / 2^(i+1), W / 2^(i+1)) for i = 1..4 ].
+    """
+
+    def __init__(self, embed_dims: Sequence[int], num_heads: Sequence[int], depths: Sequence[int],
+                 pool_ratios: Sequence[int], mlp_ratio: float, drop_path_rate: float = 0.0, in_chans: int = 3):
+        super().__init__()
+        rates = drop_path_rates(drop_path_rate, list(depths))
+        self.stages = nn.ModuleList(
+            EFTStage(i + 1, in_chans if i == 0 else embed_dims[i - 1], embed_dims[i], num_heads[i],
+                     depths[i], pool_ratios[i], mlp_ratio, rates[i])
+            for i in range(4)
+        )
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+class DecoderStage(nn.Module):
+    """EFT blocks (decoder version) on one encoder stage's map, at its own resolution.
+
+    ``level`` is the encoder stage it reads (2, 3 or 4). (B, C, h, w) -> (B, C, h, w);
+    emits a "feature" record.
+    """
+
+    def __init__(self, level: int, dim: int, heads: int, depth: int, pool_ratio: int,
+                 mlp_ratio: float, drop_path: float):
+        super().__init__()
+        self.level = level
+        self.blocks = nn.ModuleList(
+            EFTBlock(dim, heads, pool_ratio, mlp_ratio, drop_path=drop_path, decoder=True) for _ in range(depth)
+        )
+        _set_role(self.blocks, "decoder", level)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hw = tuple(x.shape[-2:])
+        tokens = map_to_tokens(x)
+        for block in self.blocks:
+            tokens = block(tokens, hw)
+        out = tokens_to_map(tokens, hw)
+        if recording.wants(self, "feature"):
+            recording.emit(self, "feature", features=out)
+        return out
+
+
+class AllAttentionDecoder(nn.Module):
+    """The all-attention decoder (paper Sec. 3.2, Fig. 2a).
+
+    Encoder stages 2, 3, 4 (strides 8, 16, 32) each pass through their own EFT blocks
+    ({3-2-1} by default: more global reasoning on the coarser, more semantic maps), then
+
+        F = Conv1x1-BN-ReLU( [ up(s4), up(s3), s2 ] )     (concatenated on channels, s4 first)
+        logits = Conv1x1( Dropout(F) )
+
+    where up(·) is bilinear resizing to the stride-8 size.
+
+    Args:
+        in_dims: channels of encoder stages 2, 3, 4.
+        heads: heads for stages 2, 3, 4.
+        depths: EFT blocks per stage, deepest first (stages 4, 3, 2), as the paper writes
+            {3-2-1}; {2-2-2}, {1-2-3} and {1-4-1} are its alternatives.
+        pool_ratios: training key/value reduction for stages 2, 3, 4 (official: 4, 2, 1).
+
+    (features of stages 1..4) -> (B, num_classes, H/8, W/8)
+    """
+
+    def __init__(self, in_dims: Sequence[int], heads: Sequence[int], depths: Sequence[int],
+                 pool_ratios: Sequence[int], mlp_ratio: float, embed_dim: int, num_classes: int,
+                 dropout: float = 0.1, drop_path: float = 0.1):
+        super().__init__()
+        c2, c3, c4 = in_dims
+        self.stage4 = DecoderStage(4, c4, heads[2], depths[0], pool_ratios[2], mlp_ratio, drop_path)
+        self.stage3 = DecoderStage(3, c3, heads[1], depths[1], pool_ratios[1], mlp_ratio, drop_path)
+        self.stage2 = DecoderStage(2, c2, heads[0], depths[2], pool_ratios[0], mlp_ratio, drop_path)
+        self.fuse = ConvBNReLU(c2 + c3 + c4, embed_dim)
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(embed_dim, num_classes, 1)
+
+    def forward(self, features: Sequence[Tensor]) -> Tensor:
+        _, c2, c3, c4 = features
+        s2 = self.stage2(c2)
+        size = s2.shape[-2:]
+        s4 = F.interpolate(self.stage4(c4), size=size, mode="bilinear", align_corners=False)
+        s3 = F.interpolate(self.stage3(c3), size=size, mode="bilinear", align_corners=False)
+        x = self.fuse(torch.cat([s4, s3, s2], dim=1))
+        return self.classifier(self.dropout(x))
+
+
+def _check_config(embed_dims, num_heads, depths, pool_ratios, decoder_depths, decoder_pool_ratios) -> None:
+    for name, value, length in (
+        ("embed_dims", embed_dims, 4), ("num_heads", num_heads, 4), ("depths", depths, 4),
+        ("pool_ratios", pool_ratios, 4), ("decoder_depths", decoder_depths, 3),
+        ("decoder_pool_ratios", decoder_pool_ratios, 3),
+    ):
+        if len(value) != length or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"EDAFormer: {name} needs {length} integers, got {value!r}")
+    for name, value in (("embed_dims", embed_dims), ("num_heads", num_heads), ("depths", depths),
+                        ("decoder_depths", decoder_depths)):
+        if min(value) < 1:
+            raise ValueError(f"EDAFormer: {name} must all be at least 1, got {tuple(value)}")
+    for i, (dim, heads) in enumerate(zip(embed_dims, num_heads)):
+        if dim % heads:
+            raise ValueError(f"EDAFormer: stage {i + 1} width {dim} is not divisible by its {heads} heads")
+
+
+class EDAFormer(nn.Module):
+    """EDAFormer: EFT encoder + all-attention decoder. (B, 3, H, W) -> (B, K, H/8, W/8).
+
+    Args:
+        num_classes: classifier size K.
+        embed_dims, num_heads, depths: per encoder stage.
+        mlp_ratio: encoder FFL hidden size = int(C · mlp_ratio) (T: 3.8, B: 4).
+        pool_ratios: training key/value reduction per encoder stage (official [8, 4, 2, 1]).
+        decoder_depths: EFT blocks on encoder stages 4, 3, 2 (deepest first, the paper's {3-2-1}).
+        decoder_pool_ratios: training reduction for decoder stages 2, 3, 4 (official [4, 2, 1]).
+        decoder_mlp_ratio: decoder FFL ratio (T: 2, B: 1).
+        decoder_dim: channels after fusion (T: 128, B: 768).
+        drop_path_rate: stochastic depth over the encoder blocks, rising linearly from 0.
+        decoder_drop_path: stochastic depth of every decoder block (official 0.1).
+        dropout: before the classifier (official 0.1).
+
+    The decoder stage reading encoder stage s uses that stage's head count (for the official
+    T and B configs this is the 8 / 4 / 2 heads the official head hard-codes).
+    """
+
+    def __init__(self, num_classes: int = 150, embed_dims=(32, 64, 128, 256), num_heads=(1, 2, 4, 8),
+                 depths=(2, 2, 10, 2), mlp_ratio: float = 3.8, pool_ratios=(8, 4, 2, 1),
+                 decoder_depths=(3, 2, 1), decoder_pool_ratios=(4, 2, 1), decoder_mlp_ratio: float = 2.0,
+                 decoder_dim: int = 128, drop_path_rate: float = 0.1, decoder_drop_path: float = 0.1,
+                 dropout: float = 0.1):
+        super().__init__()
+        _check_config(embed_dims, num_heads, depths, pool_ratios, decoder_depths, decoder_pool_ratios)
+        self.encoder = EFTEncoder(embed_dims, num_heads, depths, pool_ratios, mlp_ratio, drop_path_rate)
+        self.decoder = AllAttentionDecoder(
+            embed_dims[1:], num_heads[1:], decoder_depths, decoder_pool_ratios, decoder_mlp_ratio,
+            decoder_dim, num_classes, dropout=dropout, drop_path=decoder_drop_path,
+        )
+        # the official initialisation (the same as SegFormer's); the classifier keeps PyTorch's
+        self.encoder.apply(_init_official)
+        for stage in (self.decoder.stage4, self.decoder.stage3, self.decoder.stage2, self.decoder.fuse):
+            stage.apply(_init_official)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"EDAFormer expects images of shape (B, 3, H, W), got {tuple(x.shape)}")
+        return self.decoder(self.encoder(x))
+
+
+def _reader(path: str, config: dict):
+    from segviz.models.edaformer_weights import read_official_checkpoint
+
+    return read_official_checkpoint(path, config)
+
+
+_COMMON = dict(num_heads=(1, 2, 4, 8), pool_ratios=(8, 4, 2, 1), decoder_depths=(3, 2, 1),
+               decoder_pool_ratios=(4, 2, 1))
+
+register(
+    "edaformer-t", EDAFormer,
+    dict(num_classes=150, embed_dims=(32, 64, 128, 256), depths=(2, 2, 10, 2), mlp_ratio=3.8,
+         decoder_mlp_ratio=2.0, decoder_dim=128, **_COMMON),
+    reader=_reader, description="EDAFormer-T (ADE20K config): EFT-T encoder + {3-2-1} all-attention decoder",
+)
+register(
+    "edaformer-b", EDAFormer,
+    dict(num_classes=150, embed_dims=(64, 128, 256, 512), depths=(3, 3, 22, 3), mlp_ratio=4.0,
+         decoder_mlp_ratio=1.0, decoder_dim=768, **_COMMON),
+    reader=_reader, description="EDAFormer-B (ADE20K config): EFT-B encoder + {3-2-1} all-attention decoder",
+)
+register(
+    "edaformer-nano", EDAFormer,
+    dict(num_classes=5, embed_dims=(16, 32, 64, 128), depths=(1, 1, 2, 1), mlp_ratio=4.0,
+         decoder_mlp_ratio=2.0, decoder_dim=64, drop_path_rate=0.0, **_COMMON),
+    reader=_reader, description="tiny EDAFormer for CPU notebooks (5 Shapes classes, 128-256 px inputs)",
+)
