@@ -262,7 +262,8 @@ class MixTransformer(nn.Module):
         block_eps = BLOCK_EPS if layer_norm_eps is None else layer_norm_eps
         plain_eps = PLAIN_EPS if layer_norm_eps is None else layer_norm_eps
         self.embed_dims = tuple(embed_dims)
-        rates = drop_path_rates(drop_path_rate, list(depths))
+        with torch.device("cpu"):  # plain numbers, also when the model is built on "meta"
+            rates = drop_path_rates(drop_path_rate, list(depths))
         stages = []
         for i in range(4):
             dim = embed_dims[i]
