@@ -1,0 +1,201 @@
+"""Inference spatial reduction: restore, bit-identity, validation, pooling, and the FLOP reduction."""
+import pytest
+import torch
+
+import segviz
+from segviz.inspect.isr import current_ratios, feature_sizes, isr, set_isr, training_ratios
+from segviz.nn import attention_macs
+
+X = torch.randn(1, 3, 128, 128)
+TRAIN = {"encoder": (8, 4, 2, 1), "decoder": (4, 2, 1)}
+
+
+@pytest.fixture(scope="module")
+def eda():
+    torch.manual_seed(0)
+    return segviz.create_model("edaformer-nano").eval()
+
+
+@pytest.fixture(scope="module")
+def seg():
+    torch.manual_seed(0)
+    return segviz.create_model("segformer-nano").eval()
+
+
+def _attn(model, group, stage):
+    return [m for m in model.modules() if getattr(m, "isr_role", None) == (group, stage)]
+
+
+def test_training_and_current_ratios(eda, seg):
+    assert training_ratios(eda) == current_ratios(eda) == TRAIN
+    assert training_ratios(seg) == current_ratios(seg) == {"encoder": (8, 4, 2, 1)}
+    assert feature_sizes(eda, (128, 96)) == {
+        "encoder": {1: (32, 24), 2: (16, 12), 3: (8, 6), 4: (4, 3)},
+        "decoder": {2: (16, 12), 3: (8, 6), 4: (4, 3)},
+    }
+
+
+@torch.no_grad()
+def test_training_ratios_are_bit_identical(eda, seg):
+    for model, kwargs in ((eda, TRAIN), (seg, {"encoder": (8, 4, 2, 1)})):
+        plain = model(X)
+        with isr(model, **kwargs):
+            assert torch.equal(model(X), plain)
+
+
+@torch.no_grad()
+def test_isr_changes_the_output_then_restores_it(eda):
+    plain = eda(X)
+    weights = {k: v.clone() for k, v in eda.state_dict().items()}
+    with isr(eda, encoder=(16, 8, 4, 2), decoder=(8, 4, 2)) as in_force:
+        assert in_force == current_ratios(eda) == {"encoder": (16, 8, 4, 2), "decoder": (8, 4, 2)}
+        assert [m.ratio for m in _attn(eda, "decoder", 4)] == [2, 2, 2]
+        reduced = eda(X)
+    assert not torch.allclose(reduced, plain)
+    assert current_ratios(eda) == TRAIN
+    assert torch.equal(eda(X), plain)
+    assert all(torch.equal(v, weights[k]) for k, v in eda.state_dict().items())  # same weights throughout
+
+
+def test_none_leaves_a_group_at_training_ratios(eda):
+    with isr(eda, encoder=(16, 8, 2, 1)):
+        assert current_ratios(eda) == {"encoder": (16, 8, 2, 1), "decoder": (4, 2, 1)}
+    with isr(eda, decoder=(8, 4, 2)):
+        assert current_ratios(eda) == {"encoder": (8, 4, 2, 1), "decoder": (8, 4, 2)}
+
+
+def test_restored_after_an_exception_and_nesting(eda):
+    with pytest.raises(RuntimeError, match="boom"):
+        with isr(eda, encoder=(16, 8, 4, 2), pool="max"):
+            with isr(eda, decoder=(8, 8, 8)):
+                assert current_ratios(eda)["decoder"] == (8, 8, 8)
+            assert current_ratios(eda) == {"encoder": (16, 8, 4, 2), "decoder": (4, 2, 1)}
+            raise RuntimeError("boom")
+    assert current_ratios(eda) == TRAIN
+    assert all(m.isr_pool == "avg" and m.inference_ratio is None for m in eda.modules() if hasattr(m, "isr_pool"))
+
+
+def test_set_isr_is_permanent_until_reset(eda):
+    try:
+        assert set_isr(eda, encoder=(16, 8, 4, 2), decoder=(8, 4, 2)) == current_ratios(eda)
+        assert current_ratios(eda)["encoder"] == (16, 8, 4, 2)
+    finally:
+        set_isr(eda)
+    assert current_ratios(eda) == TRAIN
+
+
+@torch.no_grad()
+def test_max_pooling_option(eda):
+    with isr(eda, encoder=(16, 8, 4, 2), decoder=(8, 4, 2)):
+        avg = eda(X)
+    with isr(eda, encoder=(16, 8, 4, 2), decoder=(8, 4, 2), pool="max"):
+        assert {m.isr_pool for m in _attn(eda, "encoder", 1)} == {"max"}
+        maxed = eda(X)
+    assert maxed.shape == avg.shape and not torch.allclose(maxed, avg)
+    assert {m.isr_pool for m in eda.modules() if hasattr(m, "isr_pool")} == {"avg"}
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(encoder=(16, 8, 4)), r"encoder ratios need 4 values, one per encoder stage 1, 2, 3, 4"),
+    (dict(decoder=(8, 4, 2, 1)), r"decoder ratios need 3 values, one per decoder stage 2, 3, 4"),
+    (dict(encoder="8421"), r"encoder ratios need 4 values"),
+    (dict(encoder=(16, 8, 2.5, 1)), r"encoder stage 3: reduction ratios are integers, got 2.5"),
+    (dict(encoder=(16, True, 2, 1)), r"encoder stage 2: reduction ratios are integers, got True"),
+    (dict(decoder=(8, 0, 2)), r"decoder stage 3: reduction ratio 0 is out of range"),
+    (dict(encoder=(-2, 4, 2, 1)), r"encoder stage 1: reduction ratio -2 is out of range"),
+    (dict(pool="mean"), r"pool must be one of \('avg', 'max'\), got 'mean'"),
+    (dict(encoder=(64, 4, 2, 1), input_size=(128, 128)),
+     r"encoder stage 1 \(feature map 32x32\): reduction ratio 64 is out of range; allowed: 1\.\.32"),
+    (dict(decoder=(4, 2, 5), input_size=(128, 160)),
+     r"decoder stage 4 \(feature map 4x5\): reduction ratio 5 is out of range; allowed: 1\.\.4"),
+    (dict(input_size=(128, 0)), r"input_size must be \(H, W\) with two positive integers"),
+])
+def test_validation_errors_change_nothing(eda, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        with isr(eda, **kwargs):
+            pass
+    with pytest.raises(ValueError, match=match):
+        set_isr(eda, **{"encoder": (16, 8, 4, 2), **kwargs} if "decoder" in kwargs else kwargs)
+    assert current_ratios(eda) == TRAIN
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("group, stage, side", [("encoder", 1, 32), ("encoder", 3, 8), ("decoder", 2, 16),
+                                                ("decoder", 4, 4)])
+def test_ratio_larger_than_the_map_fails_cleanly_at_forward(eda, group, stage, side):
+    ratios = {g: list(r) for g, r in TRAIN.items()}
+    index = stage - 1 if group == "encoder" else stage - 2
+    ratios[group][index] = side  # exactly the map: one key token, fine
+    with isr(eda, **ratios):
+        assert eda(X).shape == (1, 5, 16, 16)
+    ratios[group][index] = side + 1
+    with isr(eda, **ratios):
+        with pytest.raises(ValueError) as err:  # a ValueError, nothing else, from inside the model
+            eda(X)
+    assert str(err.value) == (f"{group} stage {stage}: reduction ratio {side + 1} is larger than the feature map "
+                              f"{side}x{side}; allowed ratios here are 1..{side}")
+
+
+def test_segformer_has_only_an_encoder_group_and_sr_multiples(seg):
+    with pytest.raises(ValueError, match="SegFormer has no decoder attention to reduce"):
+        set_isr(seg, decoder=(8, 4, 2))
+    with pytest.raises(ValueError, match="encoder stage 2: .*multiple of the learned reduction 4.*got 6"):
+        set_isr(seg, encoder=(8, 6, 2, 1))
+    assert current_ratios(seg) == {"encoder": (8, 4, 2, 1)}
+
+
+def test_models_without_isr_roles_are_refused():
+    with pytest.raises(ValueError, match="no spatial-reduction attention"):
+        set_isr(torch.nn.Conv2d(3, 3, 1), encoder=(1,))
+
+
+# ---------------------------------------------------------------------------------------
+# Costs: segviz.flops sees ISR, and each stage's attention falls as N² / R²
+# ---------------------------------------------------------------------------------------
+def _efa_macs(model, name, n, hw_keys):
+    """An EFA module's MACs: 1x1 conv on the pooled map + q kᵀ and probs·v + output Linear."""
+    attn = dict(model.named_modules())[name]
+    c = attn.proj.in_features
+    nk = hw_keys[0] * hw_keys[1]
+    return nk * c * c + attention_macs(1, attn.heads, n, nk, c // attn.heads) + n * c * c
+
+
+def test_flops_follow_the_analytic_formula_per_stage(eda):
+    sizes = feature_sizes(eda, (128, 128))
+    ratios = {"encoder": (32, 8, 4, 2), "decoder": (16, 4, 2)}
+    base = segviz.flops(eda, (1, 3, 128, 128))
+    with isr(eda, **ratios):
+        reduced = segviz.flops(eda, (1, 3, 128, 128))
+    assert reduced.total < base.total
+    for name, module in eda.named_modules():
+        if getattr(module, "isr_role", None) is None:
+            continue
+        group, stage = module.isr_role
+        h, w = sizes[group][stage]
+        index = stage - 1 if group == "encoder" else stage - 2
+        r0, r1 = TRAIN[group][index], ratios[group][index]
+        for report, r in ((base, r0), (reduced, r1)):
+            assert report.per_module[name] * 1e9 == pytest.approx(_efa_macs(eda, name, h * w, (h // r, w // r)))
+        # the attention matmuls alone: N · N/R² · 2C, so doubling R quarters them
+        c = module.proj.in_features
+        attn_part = lambda r: (h * w) * (h // r) * (w // r) * 2 * c  # noqa: E731
+        assert attn_part(r1) / attn_part(r0) == pytest.approx((r0 / r1) ** 2)
+    # the whole saving is in the attention modules (conv on fewer tokens + the matmuls)
+    saved = sum(base.per_module[n] - reduced.per_module[n] for n, m in eda.named_modules()
+                if getattr(m, "isr_role", None))
+    assert base.total - reduced.total == pytest.approx(saved)
+
+
+def test_flops_on_segformer_reflect_isr(seg):
+    base = segviz.flops(seg, (1, 3, 128, 128))
+    with isr(seg, encoder=(16, 8, 4, 2)):
+        reduced = segviz.flops(seg, (1, 3, 128, 128))
+    for i, (side, c, heads) in enumerate(((32, 16, 1), (16, 32, 1), (8, 64, 2), (4, 128, 4))):
+        name = f"encoder.stages.{i}.blocks.0.attn"
+        n, nk0, nk1 = side * side, (side // (8 >> i)) ** 2, (side // (16 >> i)) ** 2
+        # fewer key tokens: the kv Linear (2C outputs) and the two attention matmuls shrink
+        expected = (nk0 - nk1) * 2 * c * c + attention_macs(1, heads, n, nk0, c // heads) \
+            - attention_macs(1, heads, n, nk1, c // heads)
+        assert (base.per_module[name] - reduced.per_module[name]) * 1e9 == pytest.approx(expected)
+        assert nk1 * 4 == nk0
+    assert reduced.total < base.total
