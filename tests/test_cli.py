@@ -27,3 +27,12 @@ def test_unknown_model_is_a_clean_error(toy_registered, capsys):
 def test_module_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "segviz", "list"], capture_output=True, text=True, check=True)
     assert out.returncode == 0
+
+
+def test_summary_of_a_published_variant(capsys):
+    assert main(["summary", "segformer-b0", "--size", "512", "--depth", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "encoder.stages.3          1x256x16x16" in out
+    total = next(line for line in out.splitlines() if line.startswith("total")).split()
+    assert round(int(total[1].replace(",", "")) / 1e6, 1) == 3.8  # published B0: 3.8 M
+    assert abs(float(total[2]) - 8.4) / 8.4 < 0.03  # published B0: 8.4 GFLOPs

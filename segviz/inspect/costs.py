@@ -107,13 +107,21 @@ class Summary:
         head = f"{'module':<{width}}  {'output shape':<22} {'params':>12} {'GMACs':>9}"
         lines = [head, "-" * len(head)]
         for r in self.rows:
-            shape = "x".join(str(s) for s in r["output_shape"]) if r["output_shape"] else "-"
+            shape = _shape_text(r["output_shape"])
             lines.append(f"{r['module']:<{width}}  {shape:<22} {r['params']:>12,} {r['gmacs']:>9.3f}")
         lines.append("-" * len(head))
         lines.append(f"{'total':<{width}}  {'':<22} {self.total_params:>12,} {self.total_gmacs:>9.3f}")
         return "\n".join(lines)
 
     __repr__ = __str__
+
+
+def _shape_text(shape) -> str:
+    if not shape:
+        return "-"
+    if isinstance(shape[0], tuple):  # multi-scale: first map, then how many more
+        return f"{_shape_text(shape[0])} +{len(shape) - 1} more"
+    return "x".join(str(s) for s in shape)
 
 
 def summary(model: nn.Module, input_shape: Sequence[int], depth: int = 2, device=None) -> Summary:
@@ -128,9 +136,10 @@ def summary(model: nn.Module, input_shape: Sequence[int], depth: int = 2, device
 
     def hook_for(name):
         def hook(_module, _inputs, output):
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            if isinstance(out, torch.Tensor):
-                shapes[name] = tuple(out.shape)
+            outs = output if isinstance(output, (tuple, list)) else [output]
+            outs = [tuple(o.shape) for o in outs if isinstance(o, torch.Tensor)]
+            if outs:  # one shape, or a list of shapes for multi-scale outputs
+                shapes[name] = outs[0] if len(outs) == 1 else outs
 
         return hook
 
