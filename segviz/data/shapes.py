@@ -8,7 +8,8 @@ says, per pixel, which kind of shape is visible there:
 ``random_shapes`` only reports bounding boxes, so the per-pixel labels are built honestly:
 each shape is drawn alone by ``random_shapes(max_shapes=1, shape=kind)`` on a white canvas,
 the pixels it painted form its mask, and the shapes are composited in order (later shapes
-occlude earlier ones) into both the image and the label map. Ellipses are redrawn until
+occlude earlier ones) into both the image and the label map. A shape cut by the image border
+is drawn again, so every shape is whole before occlusion. Ellipses are redrawn until
 they are visibly elongated (axis ratio >= 1.5), so that "ellipse" and "circle" differ in
 shape, not only in name. Colour carries no class information.
 
@@ -53,7 +54,7 @@ def _draw_one(kind: str, size: int, rng: np.random.Generator) -> tuple[np.ndarra
     """Mask and colour of a single shape of ``kind`` drawn by ``random_shapes``."""
     from skimage.draw import random_shapes
 
-    min_size = max(4, size // 5)
+    min_size = max(4, size // 4)
     while True:
         with warnings.catch_warnings():  # "could not fit" is handled by drawing again
             warnings.simplefilter("ignore")
@@ -63,7 +64,9 @@ def _draw_one(kind: str, size: int, rng: np.random.Generator) -> tuple[np.ndarra
             )
         # Shape colours lie in [0, 170], so every painted pixel differs from the white canvas.
         mask = (canvas != 255).any(axis=-1)
-        if not boxes or mask.sum() < min_size**2 // 4:
+        # Keep only whole shapes: one cut by the image border may no longer look like its kind.
+        touches_border = mask[[0, -1]].any() or mask[:, [0, -1]].any()
+        if not boxes or touches_border or mask.sum() < min_size**2 // 4:
             continue
         if kind == "ellipse" and _axis_ratio(mask) < MIN_ELLIPSE_RATIO:
             continue
