@@ -1,0 +1,267 @@
+"""segviz.training: mIoU against hand-computed cases, the trainer, and its weight cache."""
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from segviz.data import Shapes
+from segviz.training import cache_dir, miou, train
+
+
+# --------------------------------------------------------------------------- mIoU
+TARGET = torch.tensor([[0, 0, 1], [0, 1, 1], [2, 2, 2]])
+PRED = torch.tensor([[0, 1, 1], [0, 1, 1], [2, 2, 0]])
+
+
+def test_miou_perfect_and_disjoint():
+    assert miou(TARGET, TARGET, 3) == 1.0
+    assert miou(torch.ones(4, 4, dtype=torch.long), torch.zeros(4, 4, dtype=torch.long), 2) == 0.0
+
+
+def test_miou_partial_by_hand():
+    # class 0: target {(0,0),(0,1),(1,0)}, pred {(0,0),(1,0),(2,2)}        -> I 2, U 4
+    # class 1: target {(0,2),(1,1),(1,2)}, pred {(0,1),(0,2),(1,1),(1,2)} -> I 3, U 4
+    # class 2: target {(2,0),(2,1),(2,2)}, pred {(2,0),(2,1)}              -> I 2, U 3
+    expected = (2 / 4 + 3 / 4 + 2 / 3) / 3
+    assert miou(PRED, TARGET, 3) == pytest.approx(expected)
+    # classes absent from both maps do not enter the mean
+    assert miou(PRED, TARGET, 7) == pytest.approx(expected)
+    # arrays and batches work; a batch is counted as one big map
+    assert miou(PRED.numpy(), TARGET.numpy(), 3) == pytest.approx(expected)
+    assert miou(torch.stack([PRED, PRED]), torch.stack([TARGET, TARGET]), 3) == pytest.approx(expected)
+
+
+def test_miou_partial_2x2():
+    # class 0: target {(0,0),(0,1)}, pred {(0,0)} -> 1/2; class 1: target {(1,0),(1,1)}, pred the other three -> 2/3
+    pred, target = torch.tensor([[0, 1], [1, 1]]), torch.tensor([[0, 0], [1, 1]])
+    assert miou(pred, target, 2) == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_miou_ignore_index():
+    target = TARGET.clone()
+    target[2, 2] = 255  # the one pixel of class 2 predicted as 0 is now ignored
+    # class 0: target {(0,0),(0,1),(1,0)}, pred {(0,0),(1,0)} -> 2/3; class 1: 3/4; class 2: 2/2
+    assert miou(PRED, target, 3, ignore_index=255) == pytest.approx((2 / 3 + 3 / 4 + 1) / 3)
+    assert math.isnan(miou(PRED, torch.full_like(TARGET, 255), 3, ignore_index=255))
+
+
+@pytest.mark.parametrize(
+    "pred, target, k",
+    [
+        (PRED, TARGET[:2], 3),  # shapes differ
+        (PRED.float(), TARGET, 3),  # logits, not labels
+        (PRED, TARGET, 2),  # class 2 out of range
+        (PRED, TARGET - 1, 3),  # negative class
+        (PRED, TARGET, 0),
+    ],
+)
+def test_miou_bad_input(pred, target, k):
+    with pytest.raises(ValueError):
+        miou(pred, target, k)
+
+
+# --------------------------------------------------------------------------- trainer
+def conv_bn_relu(c_in, c_out, dilation=1):
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class TinyNet(nn.Sequential):
+    """A few Conv-BN-ReLU layers predicting at 1/2 resolution (so the trainer must upsample)."""
+
+    def __init__(self, width=32, num_classes=5):
+        super().__init__(
+            conv_bn_relu(3, width // 2),
+            nn.MaxPool2d(2),
+            conv_bn_relu(width // 2, width),
+            conv_bn_relu(width, width, dilation=2),
+            conv_bn_relu(width, width, dilation=4),
+            nn.Conv2d(width, num_classes, 1),
+        )
+        self.segviz_name = "tinynet"
+        self.segviz_config = {"width": width, "num_classes": num_classes}
+
+
+def tiny(seed=0, width=4):
+    torch.manual_seed(seed)
+    return TinyNet(width)
+
+
+FAST = dict(dataset=Shapes(8, size=16, seed=0), val=Shapes(4, size=16, seed=9), steps=3, batch_size=4, progress=False)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGVIZ_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_cache_dir_env_and_default(cache, monkeypatch, tmp_path):
+    assert cache_dir() == cache
+    first = train(tiny(), **FAST)
+    assert first.cache_path.parent == cache and first.cache_path.suffix == ".safetensors"
+    assert first.cache_path.exists() and first.cache_path.with_suffix(".json").exists()
+    monkeypatch.delenv("SEGVIZ_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "segviz"
+
+
+def test_cache_hit_gives_identical_weights_and_numbers(cache):
+    first = train(tiny(seed=0), **FAST)
+    assert not first.from_cache and len(first.losses) == 3 and 0 <= first.val_miou <= 1
+    trained = weights(first.model)
+    again = train(tiny(seed=1), **FAST)  # different initial weights: all must come from the cache
+    assert again.from_cache and again.cache_path == first.cache_path
+    assert_same_weights(weights(again.model), trained)
+    assert again.losses == first.losses and again.val_miou == first.val_miou
+    assert not again.model.training
+
+
+def test_training_is_deterministic_and_changes_weights():
+    a, b, c = tiny(), tiny(), tiny()
+    before = weights(a)
+    ra = train(a, **FAST, cache=False)
+    rb = train(b, **FAST, cache=False)
+    rc = train(c, **{**FAST, "seed": 1}, cache=False)
+    assert ra.cache_path is None and not ra.from_cache
+    assert ra.losses == rb.losses and ra.val_miou == rb.val_miou
+    assert_same_weights(weights(a), weights(b))
+    assert rc.losses != ra.losses
+    assert not torch.equal(weights(a)["0.0.weight"], before["0.0.weight"])
+    assert not a.training
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"steps": 4},
+        {"seed": 1},
+        {"lr": 3e-3},
+        {"batch_size": 2},
+        {"dataset": Shapes(8, size=16, seed=1)},
+        {"dataset": Shapes(9, size=16, seed=0)},
+        {"model": "wider"},
+    ],
+)
+def test_any_change_gives_a_different_key(cache, change):
+    base = train(tiny(), **FAST)
+    change = dict(change)
+    model = tiny(width=6) if change.pop("model", None) else tiny()
+    other = train(model, **{**FAST, **change})
+    assert not other.from_cache and other.cache_path != base.cache_path
+    assert len(list(cache.glob("*.safetensors"))) == 2
+
+
+def corrupt_weights(path):
+    path.write_bytes(b"this is not a safetensors file")
+
+
+def corrupt_metadata(path):
+    path.with_suffix(".json").write_text("{not json")
+
+
+def foreign_key(path):
+    meta = json.loads(path.with_suffix(".json").read_text())
+    meta["key"]["steps"] = 999
+    path.with_suffix(".json").write_text(json.dumps(meta))
+
+
+def wrong_shapes(path):
+    from safetensors.torch import save_file
+
+    save_file({k: torch.zeros(1) for k in tiny().state_dict()}, str(path))
+
+
+def missing_weights(path):
+    path.unlink()
+
+
+@pytest.mark.parametrize("damage", [corrupt_weights, corrupt_metadata, foreign_key, wrong_shapes, missing_weights])
+def test_broken_cache_warns_and_rebuilds(cache, damage):
+    first = train(tiny(), **FAST)
+    trained = weights(first.model)
+    damage(first.cache_path)
+    with pytest.warns(UserWarning, match="rebuilt"):
+        rebuilt = train(tiny(), **FAST)
+    assert not rebuilt.from_cache
+    assert_same_weights(weights(rebuilt.model), trained)  # retrained from the same start
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        third = train(tiny(), **FAST)  # and the cache entry was overwritten with a good one
+    assert third.from_cache
+
+
+def test_default_validation_set_and_progress_bar(cache, capsys):
+    result = train(tiny(), Shapes(8, size=16, seed=0), steps=2, batch_size=4, cache=False)
+    assert result.val_miou is not None
+    err = capsys.readouterr().err
+    assert "loss=" in err and "2/2" in err
+
+
+def test_dataset_without_description_is_not_cached(cache):
+    class Plain(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return Shapes(4, size=16)[i]
+
+    result = train(tiny(), Plain(), steps=1, batch_size=2, progress=False)
+    assert result.cache_path is None and result.val_miou is None
+    assert not cache.exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(steps=0), dict(batch_size=0), dict(lr=0), dict(lr=-1e-3), dict(weight_decay=-1), dict(seed=-1), dict(steps=2.5)],
+)
+def test_bad_settings(kwargs):
+    with pytest.raises(ValueError):
+        train(tiny(), **{**FAST, **kwargs}, cache=False)
+
+
+def test_model_must_return_logits():
+    class Dicty(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 5, 1)
+
+        def forward(self, x):
+            return {"logits": self.conv(x)}
+
+    with pytest.raises(ValueError, match="logits"):
+        train(Dicty(), **FAST, cache=False)
+
+
+def test_small_conv_net_learns_shapes(cache):
+    """A few Conv-BN-ReLU layers get well above chance on Shapes within a small CPU budget."""
+    val = Shapes(64, size=32, seed=1000)
+    labels = torch.stack([val[i][1] for i in range(len(val))])
+    # chance baseline: predict the majority class (background) everywhere
+    majority = int(torch.bincount(labels.flatten()).argmax())
+    chance = miou(torch.full_like(labels, majority), labels, 5)
+    torch.manual_seed(0)
+    model = TinyNet(32)
+    result = train(model, Shapes(512, size=32, seed=0), steps=300, batch_size=16, lr=3e-3, val=val, progress=False)
+    print(f"val mIoU {result.val_miou:.3f} vs majority-class baseline {chance:.3f}")
+    assert chance < 0.2
+    assert result.val_miou > 0.5 and result.val_miou > chance + 0.3
+    assert np.mean(result.losses[-10:]) < 0.5 * np.mean(result.losses[:10])
+    assert not result.model.training
