@@ -33,6 +33,9 @@ def test_training_and_current_ratios(eda, seg):
         "encoder": {1: (32, 24), 2: (16, 12), 3: (8, 6), 4: (4, 3)},
         "decoder": {2: (16, 12), 3: (8, 6), 4: (4, 3)},
     }
+    assert feature_sizes(seg, (64, 64)) == {"encoder": {1: (16, 16), 2: (8, 8), 3: (4, 4), 4: (2, 2)}}
+    with pytest.raises(ValueError, match=r"encoder stage 4 \(feature map 2x2\): reduction ratio 4 is out of range"):
+        set_isr(seg, encoder=(8, 4, 4, 4), input_size=(64, 64))
 
 
 @torch.no_grad()

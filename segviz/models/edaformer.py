@@ -13,8 +13,8 @@ The file reads top-down like the paper:
 * :class:`EDAFormer`: encoder + decoder; logits at 1/8 of the input.
 
 Every EFA is a :class:`segviz.nn.SpatialReductionAttention`, so
-``segviz.inspect.isr.isr(model, encoder=..., decoder=...)`` (inference spatial reduction)
-can change its key/value reduction ratio at inference on the same weights.
+``segviz.isr(model, encoder=..., decoder=...)`` (inference spatial reduction, the paper's
+Fig. 3) can change its key/value reduction ratio at inference on the same weights.
 
 Checkpoints in the official (mmseg) layout load through
 ``create_model("edaformer-t", weights=PATH)``; see :mod:`segviz.models.edaformer_weights`.
@@ -35,7 +35,7 @@ from segviz.registry import register
 
 
 class EmbeddingFreeAttention(SpatialReductionAttention):
-    """Embedding-free attention (EFA), the paper's Sec. 3.1 and Fig. 1.
+    """Embedding-free attention (EFA), the paper's Fig. 1.
 
     With x the (normalised) tokens of an h×w map, R the per-side reduction ratio:
 
@@ -54,9 +54,9 @@ class EmbeddingFreeAttention(SpatialReductionAttention):
     The decoder version (``decoder=True``) adds LayerNorm (eps 1e-5) and GELU after the
     shared conv, as in the official decode head.
 
-    The pooling uses the ratio in force (:attr:`ratio`): the training ratio, or the larger one
-    set by ISR. Average pooling floors (⌊h/R⌋): a ragged border is dropped, as in
-    ``nn.AvgPool2d``. Ratio 1 leaves the map as is.
+    The pooling uses the ratio in force (:attr:`ratio`): the training ratio, or the one set by
+    ISR (``segviz.isr``), and average pooling unless ISR asks for max. It floors (⌊h/R⌋): a
+    ragged border is dropped, as by ``nn.AvgPool2d``. Ratio 1 leaves the map as is.
 
     Shapes: x (B, N, C) with ``hw`` = (h, w) -> (B, N, C).
     """
@@ -222,7 +222,7 @@ class DecoderStage(nn.Module):
 
 
 class AllAttentionDecoder(nn.Module):
-    """The all-attention decoder (paper Sec. 3.2, Fig. 2a).
+    """The all-attention decoder (paper Fig. 2a).
 
     Encoder stages 2, 3, 4 (strides 8, 16, 32) each pass through their own EFT blocks
     ({3-2-1} by default: more global reasoning on the coarser, more semantic maps), then
