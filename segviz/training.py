@@ -82,8 +82,8 @@ class TrainResult:
     """What :func:`train` hands back. ``losses`` has one training loss per step;
     ``val_miou`` is None when there was no validation set."""
 
-    model: nn.Module
-    losses: list[float]
+    model: nn.Module = dataclasses.field(repr=False)
+    losses: list[float] = dataclasses.field(repr=False)
     val_miou: float | None
     from_cache: bool
     cache_path: Path | None = None
@@ -230,7 +230,9 @@ def train(
         cache: reuse / store the trained weights, losses and val mIoU under :func:`cache_dir`,
             keyed by model name and config, dataset and val descriptions, seed, steps,
             batch size, lr and weight decay. A broken or mismatching entry is reported with a
-            warning and rebuilt. Datasets without a ``description()`` are never cached.
+            warning and rebuilt. Runs whose dataset or val set has no ``description()`` are
+            never cached. The key does not see the model's initial weights: build the model
+            after ``torch.manual_seed`` so that they follow from its config.
 
     Returns:
         :class:`TrainResult`; the model is left in eval mode on ``device``.
@@ -251,7 +253,7 @@ def train(
     model.to(device)
 
     path = None
-    if cache and _describe(dataset) is not None:
+    if cache and _describe(dataset) is not None and (val is None or _describe(val) is not None):
         settings = dict(seed=seed, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay)
         key = json.loads(json.dumps(cache_key(model, dataset, val, **settings), sort_keys=True, default=str))
         path = _key_path(key)

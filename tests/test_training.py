@@ -225,6 +225,8 @@ def test_dataset_without_description_is_not_cached(cache):
 
     result = train(tiny(), Plain(), steps=1, batch_size=2, progress=False)
     assert result.cache_path is None and result.val_miou is None
+    result = train(tiny(), Shapes(4, size=16), val=Plain(), steps=1, batch_size=2, progress=False)
+    assert result.cache_path is None and 0 <= result.val_miou <= 1
     assert not cache.exists()
 
 

@@ -1,16 +1,19 @@
 """Pictures of the data: Shapes images next to their per-pixel label maps."""
 from __future__ import annotations
 
-import matplotlib
 import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from segviz.viz.overlays import class_colors
+
 
 def label_colormap(num_classes: int) -> ListedColormap:
-    """Class index -> colour: background (0) black, then the tab10 colours."""
-    colors = ["black"] + [matplotlib.colormaps["tab10"](k % 10) for k in range(num_classes - 1)]
+    """Class index -> colour: the colours of :func:`class_colors` (as in prediction overlays),
+    with the background (class 0) black."""
+    colors = class_colors(num_classes)
+    colors[0] = 0.0
     return ListedColormap(colors, name=f"labels{num_classes}")
 
 
@@ -38,6 +41,6 @@ def plot_shapes(dataset, indices=(0, 1, 2, 3)) -> Figure:
     axes[1, 0].set_ylabel("label map")
     handles = [Patch(facecolor=cmap(k), edgecolor="gray", label=f"{k} {name}") for k, name in enumerate(classes)]
     fig.legend(handles=handles, loc="center right", title="class", frameon=False)
-    fig.suptitle(f"{dataset!r}: images and per-pixel labels")
+    fig.suptitle(f"{dataset!r}: images (shape colours are random) and per-pixel class labels")
     fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_figwidth(), 1))
     return fig
