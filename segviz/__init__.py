@@ -12,6 +12,7 @@ from segviz import data
 from segviz.inspect import capture, count_params, flops, summary
 from segviz.inspect.isr import isr, set_isr
 from segviz.registry import create_model, list_models
+from segviz.training import miou, train
 
 __version__ = "0.1.0"
 
@@ -21,4 +22,4 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-__all__ = ["data", "capture", "count_params", "create_model", "device", "flops", "isr", "list_models", "set_isr", "summary"]
+__all__ = ["data", "capture", "count_params", "create_model", "device", "flops", "isr", "list_models", "miou", "set_isr", "summary", "train"]
