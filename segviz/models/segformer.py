@@ -19,7 +19,6 @@ original code and from HuggingFace ``transformers`` load through
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -27,8 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segviz.inspect import recording
+from segviz.models.segformer_weights import read_segformer_checkpoint
 from segviz.nn.attention import attention
-from segviz.nn.layers import DropPath, drop_path_rates, map_to_tokens, tokens_to_map
+from segviz.nn.layers import ConvBNReLU, DropPath, drop_path_rates, map_to_tokens, tokens_to_map
 from segviz.nn.reduction import SpatialReductionAttention
 from segviz.registry import register
 
@@ -262,8 +262,7 @@ class MixTransformer(nn.Module):
         block_eps = BLOCK_EPS if layer_norm_eps is None else layer_norm_eps
         plain_eps = PLAIN_EPS if layer_norm_eps is None else layer_norm_eps
         self.embed_dims = tuple(embed_dims)
-        with torch.device("cpu"):  # plain numbers, also when the model is built on "meta"
-            rates = drop_path_rates(drop_path_rate, list(depths))
+        rates = drop_path_rates(drop_path_rate, list(depths))
         stages = []
         for i in range(4):
             dim = embed_dims[i]
@@ -329,13 +328,7 @@ class AllMLPDecoder(nn.Module):
     def __init__(self, in_dims: Sequence[int], dim: int, num_classes: int, dropout: float = 0.1):
         super().__init__()
         self.linear_c = nn.ModuleList(MLPProjection(c, dim) for c in in_dims)
-        self.linear_fuse = nn.Sequential(
-            OrderedDict(
-                conv=nn.Conv2d(len(in_dims) * dim, dim, 1, bias=False),
-                bn=nn.BatchNorm2d(dim),
-                act=nn.ReLU(inplace=True),
-            )
-        )
+        self.linear_fuse = ConvBNReLU(len(in_dims) * dim, dim)
         self.dropout = nn.Dropout2d(dropout)
         self.linear_pred = nn.Conv2d(dim, num_classes, 1)
         # mmcv's ConvModule init for the fuse conv; the Linears and the classifier keep
@@ -417,15 +410,9 @@ CONFIGS = {
 _COMMON = dict(num_classes=150, num_heads=(1, 2, 5, 8), sr_ratios=(8, 4, 2, 1), mlp_ratio=4.0, drop_path_rate=0.1)
 
 
-def _reader(path: str, config: dict):
-    from segviz.models.segformer_weights import read_segformer_checkpoint
-
-    return read_segformer_checkpoint(path, config)
-
-
 for _name, _cfg in CONFIGS.items():
     register(
-        _name, SegFormer, {**_COMMON, **_cfg}, reader=_reader,
+        _name, SegFormer, {**_COMMON, **_cfg}, reader=read_segformer_checkpoint,
         description=f"SegFormer-{_name[-2:].upper()} (Xie et al. 2021), published config",
     )
 register(
@@ -435,6 +422,6 @@ register(
         num_classes=5, embed_dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 4),
         sr_ratios=(8, 4, 2, 1), mlp_ratio=4.0, drop_path_rate=0.1, decoder_dim=64,
     ),
-    reader=_reader,
+    reader=read_segformer_checkpoint,
     description="a tiny SegFormer for CPU notebooks (5 Shapes classes)",
 )
