@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segviz.inspect import recording
-from segviz.models.segformer import MixFFN, OverlapPatchEmbed, _init_official
+from segviz.models.segformer import MixFFN, OverlapPatchEmbed, init_official
 from segviz.nn import ConvBNReLU, DropPath, SpatialReductionAttention, attention, drop_path_rates
 from segviz.nn import map_to_tokens, tokens_to_map
 from segviz.registry import register
@@ -314,9 +314,9 @@ class EDAFormer(nn.Module):
             decoder_dim, num_classes, dropout=dropout, drop_path=decoder_drop_path,
         )
         # the official initialisation (the same as SegFormer's); the classifier keeps PyTorch's
-        self.encoder.apply(_init_official)
+        self.encoder.apply(init_official)
         for stage in (self.decoder.stage4, self.decoder.stage3, self.decoder.stage2, self.decoder.fuse):
-            stage.apply(_init_official)
+            stage.apply(init_official)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != 3:

@@ -214,7 +214,7 @@ class MiTStage(nn.Module):
         return out
 
 
-def _init_official(m: nn.Module) -> None:
+def init_official(m: nn.Module) -> None:
     """The official encoder init: trunc-normal(0.02) Linear, unit LayerNorm, He-normal conv (fan-out)."""
     if isinstance(m, nn.Linear):
         nn.init.trunc_normal_(m.weight, std=0.02)
@@ -278,7 +278,7 @@ class MixTransformer(nn.Module):
                 block.attn.isr_role = ("encoder", i + 1)
             stages.append(MiTStage(patch_embed, blocks, dim, block_eps))
         self.stages = nn.ModuleList(stages)
-        self.apply(_init_official)
+        self.apply(init_official)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         features = []
