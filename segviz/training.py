@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 import os
-import tempfile
+import uuid
 import warnings
 from pathlib import Path
 
@@ -120,8 +120,7 @@ def _key_path(key: dict) -> Path:
 def _atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
+    tmp = str(path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp"))  # unique per writer; normal umask
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -274,8 +273,8 @@ def train(
     order = torch.empty(0, dtype=torch.long)
     losses: list[float] = []
     model.train()
-    bar = tqdm(range(steps), desc=f"training {getattr(model, 'segviz_name', type(model).__name__)}", disable=not progress)
-    for _ in bar:
+    bar = tqdm(total=steps, desc=f"training {getattr(model, 'segviz_name', type(model).__name__)}", disable=not progress)
+    for _ in range(steps):
         while len(order) < batch_size:
             order = torch.cat([order, torch.randperm(len(dataset), generator=generator)])
         indices, order = order[:batch_size], order[batch_size:]
@@ -285,11 +284,17 @@ def train(
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    bar.close()
-
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        bar.update()
     val_miou = evaluate(model, val, batch_size, device) if val is not None else None
+    if val_miou is not None:
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", val_mIoU=f"{val_miou:.3f}")
+    bar.close()
     model.eval()
     if path is not None:
-        _save(path, model, key, losses, val_miou)
+        try:
+            _save(path, model, key, losses, val_miou)
+        except OSError as err:
+            warnings.warn(f"could not write the segviz cache entry {path}: {err}", stacklevel=2)
+            path = None
     return TrainResult(model, losses, val_miou, from_cache=False, cache_path=path)

@@ -118,6 +118,7 @@ def test_cache_dir_env_and_default(cache, monkeypatch, tmp_path):
     first = train(tiny(), **FAST)
     assert first.cache_path.parent == cache and first.cache_path.suffix == ".safetensors"
     assert first.cache_path.exists() and first.cache_path.with_suffix(".json").exists()
+    assert not list(cache.glob("*.tmp"))
     monkeypatch.delenv("SEGVIZ_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cache_dir() == tmp_path / "home" / ".cache" / "segviz"
@@ -208,11 +209,20 @@ def test_broken_cache_warns_and_rebuilds(cache, damage):
     assert third.from_cache
 
 
+def test_unwritable_cache_warns_but_trains(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("SEGVIZ_CACHE", str(blocker))
+    with pytest.warns(UserWarning, match="could not write"):
+        result = train(tiny(), **FAST)
+    assert result.cache_path is None and len(result.losses) == 3
+
+
 def test_default_validation_set_and_progress_bar(cache, capsys):
     result = train(tiny(), Shapes(8, size=16, seed=0), steps=2, batch_size=4, cache=False)
     assert result.val_miou is not None
     err = capsys.readouterr().err
-    assert "loss=" in err and "2/2" in err
+    assert "loss=" in err and "2/2" in err and f"val_mIoU={result.val_miou:.3f}" in err
 
 
 def test_dataset_without_description_is_not_cached(cache):
