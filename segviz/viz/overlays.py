@@ -342,5 +342,5 @@ def prediction_panels(panels: Sequence[tuple], class_names: Sequence[str] | None
                      label=names[i] + ("" if i in present else " (absent)"))
                for i in range(n_classes)
                if not (i == 0 and names[0].lower() == "background")]
-    fig.legend(handles=handles, loc="outside right center", title="predicted class", fontsize=9)
+    fig.legend(handles=handles, loc="outside right center", title="class", fontsize=9)
     return fig
