@@ -151,3 +151,23 @@ def test_image_and_input_must_match(eda, data):
     _, image, x = data
     with pytest.raises(ValueError, match="differ in size"):
         ISRExplorer(eda, image[:32], x)
+
+
+def test_decoder_diagram_is_read_from_the_model(eda):
+    from segviz.inspect.isr import isr
+    from segviz.viz.edaformer_diagram import decoder_diagram, decoder_structure
+
+    rows = decoder_structure(eda, (128, 128))
+    assert [(r["level"], r["blocks"], r["heads"], r["channels"], r["hw"]) for r in rows] == [
+        (4, 3, 8, 128, (4, 4)), (3, 2, 4, 64, (8, 8)), (2, 1, 2, 32, (16, 16))]
+    assert [r["ratio"] for r in rows] == [1, 2, 4]
+    with isr(eda, decoder=(8, 4, 2)):
+        assert [r["ratio"] for r in decoder_structure(eda)] == [2, 4, 8]
+    variant = segviz.create_model("edaformer-nano", decoder_depths=(1, 4, 1))
+    assert [r["blocks"] for r in decoder_structure(variant)] == [1, 4, 1]
+    fig = decoder_diagram(variant, (128, 128))
+    assert "{1-4-1}" in fig.axes[0].get_title()
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert sum(t.startswith("EFT block") for t in texts) == 6
+    with pytest.raises(ValueError, match="no EDAFormer all-attention decoder"):
+        decoder_structure(segviz.create_model("segformer-nano"))
