@@ -107,6 +107,11 @@ def test_attention_overlay_draws_the_key_grid_over_the_photo(photo):
     # the heat map covers the key grid: 4 cells of 4 tokens of 4 px
     assert heat.get_extent() == pytest.approx((-0.5, 63.5, 63.5, -0.5))
     assert np.argmax(heat.get_array()) == 1 * 4 + 2
+    # colours span the map's own range; the colorbar marks uniform attention 1/16
+    assert heat.get_clim() == pytest.approx((0.1 / 15, 0.9))
+    bar = fig.axes[1]
+    assert [l.get_ydata()[0] for l in bar.lines] == [pytest.approx(1 / 16)]
+    assert "uniform, 1/16" in bar.get_ylabel()
     assert "sr = 4, R = sr² = 16" in ax.get_title() and "stage 2" in ax.get_title()
     # key grid: 5 horizontal + 5 vertical white lines; then the sr-1 token lines each way in the query's cell
     white = [l for l in ax.lines if l.get_color() == "white"]
@@ -133,9 +138,9 @@ def test_attention_grid_has_one_row_per_stage_and_one_column_per_head(photo):
     bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
     assert len(maps) == 4 and len(bars) == 2
     assert "stage 2" in maps[1].get_ylabel() and "R=4" in maps[1].get_ylabel()
-    # one colour scale per row: the uniform heads share the peaked head's maximum
+    # one colour scale per row: the uniform heads share the peaked head's range
     row2 = maps[1:]
-    assert len({ax.images[1].get_clim() for ax in row2}) == 1
+    assert [ax.images[1].get_clim() for ax in row2] == [pytest.approx((0.1 / 15, 0.9))] * 3  # 4x4 keys
     assert [ax.get_title() for ax in row2] == ["head 0", "head 1", "head 2"]
 
 

@@ -22,16 +22,15 @@ import torch
 import segviz
 from segviz import viz
 from segviz.data import CLASSES, Shapes, sample_image
-from segviz.training import train
 
 torch.manual_seed(0)
 photo = sample_image("astronaut", size=256)          # .array (256, 256, 3) uint8, .tensor (1, 3, 256, 256)
 model = segviz.create_model("segformer-nano")        # 5 classes: background + 4 shapes
-result = train(model, Shapes(256, size=128, seed=0), steps=STEPS, batch_size=8, lr=LR, progress=False)
+result = segviz.train(model, Shapes(512, size=64, seed=0), steps=STEPS, batch_size=8, lr=LR, progress=False)
 print(f"segformer-nano: {segviz.count_params(model):,} parameters; "
       f"validation mIoU on held-out Shapes: {result.val_miou:.2f}"
       + (" (weights from the cache)" if result.from_cache else ""))"""
-STEPS, LR = 120, 4e-3
+STEPS, LR = 200, 4e-3
 SETUP = SETUP.replace("STEPS", str(STEPS)).replace("LR", repr(LR))
 
 QUERY = (80, 118)  # a pixel on the astronaut's face, (y, x) in the 256 x 256 photo
@@ -63,7 +62,7 @@ a training it finds the shapes but often confuses their kinds (compare truth and
 photograph it can only say which regions *look like* which shape. Background is left uncoloured.
 """),
         code("""
-held_out = Shapes(64, size=128, seed=1000)            # the trainer's validation set
+held_out = Shapes(64, size=64, seed=1000)             # the trainer's validation set
 i = next(i for i in range(len(held_out)) if len(held_out[i][1].unique()) >= 4)  # one with 3+ kinds of shape
 image, truth = held_out[i]
 with torch.no_grad():
@@ -78,7 +77,8 @@ viz.prediction_panels([(held_out.array(i), truth, f"held-out Shapes image {i}: t
 
 `segviz.capture` records every attention call of a forward pass. Here is where the query pixel
 (cyan +) on the astronaut's face looks in the first stage. SegFormer shrinks the keys: the white grid
-is the key grid, each key cell summarising 8×8 query tokens.
+is the key grid, each key cell summarising 8×8 query tokens. Colours run from the smallest to the
+largest weight; the cyan line on the colorbar marks uniform attention (1/64).
 """),
         code(f"""
 with torch.no_grad(), segviz.capture(model) as rec:
@@ -214,7 +214,9 @@ print("attention probs (B, heads, N, N/R):", tuple(probs.probs.shape), "query gr
         md(f"""
 Where does one pixel look? The query pixel (cyan +) sits on the astronaut's face. In stage 1 the
 64×64 query tokens see only an 8×8 grid of keys (white lines); the dashed cyan cell shows the 8×8
-query tokens that one key summarises (sr = 8, R = 64).
+query tokens that one key summarises (sr = 8, R = 64). Colours run from the map's smallest to its
+largest weight; the cyan line on the colorbar marks uniform attention, 1/64, so you can read how
+peaked the map really is.
 """),
         code(f"""
 QUERY = {QUERY}                                       # (y, x) pixel in the photo
@@ -223,7 +225,9 @@ viz.attention_overlay(photo.array, attention["stage 1"], QUERY, title="stage 1")
 """),
         md("""
 The same query in every stage and head. At 256×256 every stage ends up with an 8×8 key grid: finer
-query maps are reduced more (sr = 8, 4, 2, 1), so each key cell always covers 32×32 pixels.
+query maps are reduced more (sr = 8, 4, 2, 1), so each key cell always covers 32×32 pixels. In this
+small model the early stages spread their attention broadly, while the deep stages pick one or two
+regions.
 """),
         code("""
 viz.attention_grid(photo.array, attention, QUERY)

@@ -159,7 +159,7 @@ def reduction_of(record: AttentionRecord) -> int:
     return max(record.q_hw[0] // record.k_hw[0], 1)
 
 
-def _draw_attention(ax, img, record, query, head, vmax=None):
+def _draw_attention(ax, img, record, query, head, vmin=None, vmax=None):
     """Photo + the query's attention over the key grid; returns the heat-map artist."""
     h, w = img.shape[:2]
     qh, qw = record.q_hw
@@ -171,7 +171,8 @@ def _draw_attention(ax, img, record, query, head, vmax=None):
     cell_h, cell_w = sr * tok_h, sr * tok_w  # pixels per key cell
     grid_h, grid_w = kh * cell_h, kw * cell_w
     ax.imshow(img * 0.75 + 0.25 * img.mean(-1, keepdims=True))
-    heat = ax.imshow(amap, cmap="magma", alpha=0.62, interpolation="nearest", vmin=0.0,
+    heat = ax.imshow(amap, cmap="magma", alpha=0.62, interpolation="nearest",
+                     vmin=float(amap.min()) if vmin is None else vmin,
                      vmax=float(amap.max()) if vmax is None else vmax,
                      extent=(-0.5, grid_w - 0.5, grid_h - 0.5, -0.5))
     style = dict(color="white", lw=0.6, alpha=0.8)
@@ -200,7 +201,9 @@ def attention_overlay(image, record: AttentionRecord, query: tuple[int, int], *,
 
     White lines: the key grid (kh x kw). Each key is one cell made from sr x sr query
     tokens (dashed cyan: the cell holding the query, with its tokens), so a query sees
-    N / R keys, R = sr². The cyan square is the query token, + the query pixel.
+    N / R keys, R = sr². The cyan square is the query token, + the query pixel. Colours
+    run from the map's smallest to its largest weight; the colorbar's cyan line marks
+    uniform attention, 1 / N_k.
 
     Args:
         image: the photo the model saw (see :func:`segviz.viz.arrays.as_image`).
@@ -219,8 +222,17 @@ def attention_overlay(image, record: AttentionRecord, query: tuple[int, int], *,
     qh, qw = record.q_hw
     ax.set_title(f"{title or f'head {head}'} · query pixel (y={query[0]}, x={query[1]})\n"
                  f"{qh}×{qw} queries → {kh}×{kw} keys: sr = {sr}, R = sr² = {sr * sr}")
-    fig.colorbar(heat, ax=ax, shrink=0.85, label="attention weight (row sums to 1)")
+    _uniform_mark(fig.colorbar(heat, ax=ax, shrink=0.85), kh * kw)
     return fig
+
+
+def _uniform_mark(colorbar, n_keys: int, label: bool = True) -> None:
+    """Draw the level of uniform attention, 1 / N_k, on a colorbar (and say so in its label)."""
+    if label:
+        colorbar.set_label(f"attention weight (cyan line: uniform, 1/{n_keys})")
+    lo, hi = colorbar.mappable.get_clim()
+    if lo <= 1.0 / n_keys <= hi:
+        colorbar.ax.axhline(1.0 / n_keys, color=QUERY_COLOR, lw=2)
 
 
 def attention_grid(image, records: Mapping[str, AttentionRecord], query: tuple[int, int], *,
@@ -250,21 +262,24 @@ def attention_grid(image, records: Mapping[str, AttentionRecord], query: tuple[i
     axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
     for r, (label, record) in enumerate(recs.items()):
         ty, tx = _query_token(record, query, img.shape[:2])
-        vmax = max(float(record.map_for((ty, tx), head=hd).max()) for hd in chosen[label]) if chosen[label] else 1.0
+        maps = [record.map_for((ty, tx), head=hd) for hd in chosen[label]]
+        vmin = min(float(m.min()) for m in maps) if maps else 0.0
+        vmax = max(float(m.max()) for m in maps) if maps else 1.0
         heat = None
         for c in range(cols):
             ax = axes[r, c]
             if c >= len(chosen[label]):
                 ax.set_axis_off()
                 continue
-            heat = _draw_attention(ax, img, record, query, chosen[label][c], vmax=vmax)
+            heat = _draw_attention(ax, img, record, query, chosen[label][c], vmin=vmin, vmax=vmax)
             ax.set_title(f"head {chosen[label][c]}", fontsize=9)
         sr = reduction_of(record)
+        kh, kw = record.k_hw
         axes[r, 0].set_ylabel(f"{label}\n{record.k_hw[0]}×{record.k_hw[1]} keys, R={sr * sr}", fontsize=9)
         if heat is not None:
-            fig.colorbar(heat, ax=list(axes[r]), shrink=0.9, pad=0.01, aspect=12)
+            _uniform_mark(fig.colorbar(heat, ax=list(axes[r]), shrink=0.9, pad=0.01, aspect=12), kh * kw, label=False)
     fig.suptitle(f"where query pixel (y={query[0]}, x={query[1]}) (cyan +) looks: one row per stage\n"
-                 "white lines = key grid; one colour scale per row")
+                 "white lines = key grid; one colour scale per row, cyan line on it = uniform attention")
     return fig
 
 
