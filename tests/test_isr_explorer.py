@@ -10,6 +10,7 @@ from segviz.data import CLASSES, Shapes
 from segviz.inspect.isr import current_ratios, training_ratios
 from segviz.viz.isr_explorer import (
     CUSTOM, PAPER_PRESETS, TRAINING, ISRExplorer, allowed_ratios, evaluate_setting, isr_figure, measure_latency,
+    paired_latency,
 )
 
 SIZE = 64
@@ -129,6 +130,11 @@ def test_evaluate_setting_at_training_ratios_is_the_plain_prediction(eda, data):
     assert measure_latency(eda, x, repeats=1) > 0
     with pytest.raises(ValueError, match="repeats"):
         measure_latency(eda, x, repeats=0)
+    now, ref = paired_latency(eda, x, PAPER_PRESETS[next(iter(PAPER_PRESETS))], training_ratios(eda), repeats=1)
+    assert now > 0 and ref > 0
+    assert current_ratios(eda) == training_ratios(eda)
+    with pytest.raises(ValueError, match="repeats"):
+        paired_latency(eda, x, training_ratios(eda), training_ratios(eda), repeats=0)
 
 
 def test_segformer_gets_encoder_sliders_only(data):

@@ -10,7 +10,8 @@ The pieces, pure functions first and the widget last:
 * :func:`allowed_ratios` — the per-side ratios each stage can take at an input size;
 * :func:`evaluate_setting` — one ratio setting: GMACs (total and attention per stage), the
   prediction on one image, its attention records, and mIoU on a held-out set;
-* :func:`measure_latency` — median wall time of a forward pass under a setting;
+* :func:`measure_latency` — median wall time of a forward pass under a setting, and
+  :func:`paired_latency`, the same for two settings with their runs interleaved;
 * :func:`readout_html` and :func:`isr_figure` — the numbers and the picture, against the
   training setting;
 * :class:`ISRExplorer` — the thin ipywidgets front: sliders, a preset menu, query and stage.
@@ -174,8 +175,28 @@ def _fmt(gmacs: float) -> str:
     return f"{gmacs:.4g}" if gmacs < 1 else f"{gmacs:.3f}"
 
 
+def paired_latency(model: nn.Module, x: torch.Tensor, ratios: Mapping[str, Sequence[int]],
+                   reference: Mapping[str, Sequence[int]], pool: str = "avg", repeats: int = 3) -> tuple[float, float]:
+    """Median milliseconds per forward pass at ``ratios`` (with ``pool``) and at ``reference``
+    (average pooling), their runs interleaved so that a busy machine slows both alike."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    settings = ((ratios, pool), (reference, "avg"))
+    times: tuple[list[float], list[float]] = ([], [])
+    model.eval()
+    with torch.no_grad():
+        for run in range(repeats + 1):  # the first round warms up
+            for (setting, setting_pool), out in zip(settings, times):
+                with isr(model, encoder=setting.get("encoder"), decoder=setting.get("decoder"), pool=setting_pool):
+                    start = time.perf_counter()
+                    model(x)
+                    if run:
+                        out.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def _change(now: float, ref: float) -> str:
-    return f"{100 * (now - ref) / ref:+.1f} %" if ref else "n/a"
+    return f"{round(100 * (now - ref) / ref, 1) + 0.0:+.1f} %" if ref else "n/a"
 
 
 def gmacs_html(result: SettingResult, reference: SettingResult) -> str:
@@ -193,7 +214,7 @@ def readout_html(result: SettingResult, reference: SettingResult, latency_ms: fl
                      f"{reference_latency_ms / latency_ms:.2f}× speed)")
     if result.miou is not None and reference.miou is not None:
         lines.append(f"held-out mIoU {result.miou:.3f} (training ratios: {reference.miou:.3f}, "
-                     f"{result.miou - reference.miou:+.3f})")
+                     f"{round(result.miou - reference.miou, 3) + 0.0:+.3f})")
     changed = float((result.labels != reference.labels).mean())
     lines.append(f"pixels whose predicted class changed: {100 * changed:.1f} %")
     return "<br>".join(lines)
@@ -219,7 +240,9 @@ def isr_figure(image, result: SettingResult, reference: SettingResult, stage: st
     img = as_image(image)
     if stage not in result.records:
         raise ValueError(f"unknown stage {stage!r}; choose one of {list(result.records)}")
-    fig = Figure(figsize=(15, 3.9), layout="constrained")
+    # a fixed layout: the constrained layout engine would double the drawing time of an update
+    fig = Figure(figsize=(15, 4.1))
+    fig.subplots_adjust(left=0.045, right=0.99, bottom=0.2, top=0.85, wspace=0.28)
     ax_bar, ax_att, ax_pred, ax_diff = fig.subplots(1, 4, gridspec_kw={"width_ratios": [1.25, 1, 1, 1]})
 
     labels = list(result.stage_gmacs)
@@ -243,23 +266,29 @@ def isr_figure(image, result: SettingResult, reference: SettingResult, stage: st
 
     n_classes = len(class_names) if class_names is not None else int(max(result.labels.max(), reference.labels.max())) + 1
     colors = class_colors(n_classes)
+    rgba = np.zeros(result.labels.shape + (4,), np.float32)
+    rgba[..., :3] = colors[result.labels]
+    rgba[..., 3] = 0.6
+    if class_names is not None and class_names[0].lower() == "background":
+        rgba[result.labels == 0, 3] = 0.0  # background left uncoloured
     ax_pred.imshow(img)
-    ax_pred.imshow(colors[result.labels], alpha=0.55, interpolation="nearest")
+    ax_pred.imshow(rgba, interpolation="nearest")
     ax_pred.set_title("prediction now", fontsize=10)
     changed = result.labels != reference.labels
     ax_diff.imshow(img * 0.35 + 0.65)
     overlay = np.zeros(changed.shape + (4,), np.float32)
     overlay[changed] = (0.9, 0.05, 0.05, 0.9)
     ax_diff.imshow(overlay, interpolation="nearest")
-    ax_diff.set_title(f"changed vs training ratios: {100 * changed.mean():.1f} % of pixels (red)", fontsize=10)
+    ax_diff.set_title(f"class changed vs training ratios (red):\n{100 * changed.mean():.1f} % of pixels", fontsize=10)
     for ax in (ax_pred, ax_diff):
         ax.set_xticks([])
         ax.set_yticks([])
     if class_names is not None:
         from matplotlib.patches import Patch
 
-        handles = [Patch(color=colors[i], label=name) for i, name in enumerate(class_names)]
-        ax_pred.legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(0, -0.32), ncol=3, frameon=False)
+        handles = [Patch(color=colors[i], label=name) for i, name in enumerate(class_names)
+                   if not (i == 0 and name.lower() == "background")]
+        ax_pred.legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(0, -0.2), ncol=2, frameon=False)
     return fig
 
 
@@ -284,14 +313,16 @@ class ISRExplorer:
         x: the model input, (1, 3, H, W).
         eval_set: optional held-out set for mIoU (e.g. :class:`segviz.data.Shapes`).
         class_names: names of the model's classes, for the legend.
-        latency_repeats: forward passes per latency measurement (median).
+        latency_repeats: forward passes per latency measurement (median); on every change of
+            setting the training ratios are timed again alongside, runs interleaved.
 
     Attributes: ``input`` (the model input), ``sliders`` ("enc 1" -> SelectionSlider, CSS class ``segviz-isr-slider``),
     ``preset`` (Dropdown), ``pool`` (ToggleButtons), ``stage`` (Dropdown), ``head``, ``y``,
     ``x`` (IntSliders), ``gmacs`` (HTML, CSS class ``segviz-gmacs``), ``readout`` (HTML),
     ``table`` (HTML per stage), ``view`` (Image), ``figure`` (last Figure), ``result`` (last
     :class:`SettingResult`), ``reference`` (training ratios), ``widget``.
-    Results are cached per (ratios, pool); latency is measured again on every change.
+    Results are cached per (ratios, pool); latency is measured again, paired with the training
+    ratios, on every change of setting.
     """
 
     def __init__(self, model: nn.Module, image, x: torch.Tensor, *, eval_set=None,
@@ -309,8 +340,8 @@ class ISRExplorer:
         self._cache: dict[tuple, SettingResult] = {}
         self._busy = False
         self.reference = self.evaluate(self.training, "avg")
-        self.reference_latency = measure_latency(model, x, self.training, repeats=latency_repeats)
-        self.latency = self.reference_latency
+        self.latency, self.reference_latency = paired_latency(model, x, self.training, self.training,
+                                                              repeats=latency_repeats)
 
         self.sliders = {}
         for group, stages in self.offered.items():
@@ -409,7 +440,8 @@ class ISRExplorer:
         key = _key(ratios, pool)
         if self.result is None or _key(self.result.ratios, self.result.pool) != key:
             self.result = self.evaluate(ratios, pool)
-            self.latency = measure_latency(self.model, self.input, ratios, pool, repeats=self.latency_repeats)
+            self.latency, self.reference_latency = paired_latency(self.model, self.input, ratios, self.training, pool,
+                                                                  repeats=self.latency_repeats)
         record = self.result.records[self.stage.value]
         heads = int(record.probs.shape[1])
         self._busy = True
