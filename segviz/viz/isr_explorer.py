@@ -10,8 +10,7 @@ The pieces, pure functions first and the widget last:
 * :func:`allowed_ratios` — the per-side ratios each stage can take at an input size;
 * :func:`evaluate_setting` — one ratio setting: GMACs (total and attention per stage), the
   prediction on one image, its attention records, and mIoU on a held-out set;
-* :func:`measure_latency` — median wall time of a forward pass under a setting, and
-  :func:`paired_latency`, the same for two settings with their runs interleaved;
+* :func:`measure_latency` — median wall time of a forward pass under several settings;
 * :func:`readout_html` and :func:`isr_figure` — the numbers and the picture, against the
   training setting;
 * :class:`ISRExplorer` — the thin ipywidgets front: sliders, a preset menu, query and stage.
@@ -153,46 +152,31 @@ def evaluate_setting(model: nn.Module, x: torch.Tensor, ratios: Mapping[str, Seq
     return SettingResult(dict(in_force), stage_ratios, pool, report.total, per_stage, labels, records, miou)
 
 
-def measure_latency(model: nn.Module, x: torch.Tensor, ratios: Mapping[str, Sequence[int]] | None = None,
-                    pool: str = "avg", repeats: int = 5) -> float:
-    """Median wall time in milliseconds of ``repeats`` forward passes (after one warm-up)."""
+def measure_latency(model: nn.Module, x: torch.Tensor, settings: Mapping[str, Mapping], repeats: int = 3) -> dict[str, float]:
+    """Median milliseconds of a forward pass of ``model`` on ``x`` under each ISR setting.
+
+    ``settings``: label -> keyword arguments of :func:`segviz.isr` (``encoder``, ``decoder``,
+    ``pool``; ``{}`` is the training ratios). The settings' runs are interleaved, round after
+    round (the first round warms up), so a machine busy with other work slows them alike.
+    """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
-    ratios = ratios or {}
+    times: dict[str, list[float]] = {label: [] for label in settings}
     model.eval()
-    times = []
-    with torch.no_grad(), isr(model, encoder=ratios.get("encoder"), decoder=ratios.get("decoder"), pool=pool):
-        model(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    with torch.no_grad():
+        for run in range(repeats + 1):
+            for label, setting in settings.items():
+                with isr(model, **setting):
+                    start = time.perf_counter()
+                    model(x)
+                    if run:
+                        times[label].append((time.perf_counter() - start) * 1e3)
+    return {label: statistics.median(t) for label, t in times.items()}
 
 
 def _fmt(gmacs: float) -> str:
     """GMACs with 4 significant digits below 1 (a nano model), 3 decimals above."""
     return f"{gmacs:.4g}" if gmacs < 1 else f"{gmacs:.3f}"
-
-
-def paired_latency(model: nn.Module, x: torch.Tensor, ratios: Mapping[str, Sequence[int]],
-                   reference: Mapping[str, Sequence[int]], pool: str = "avg", repeats: int = 3) -> tuple[float, float]:
-    """Median milliseconds per forward pass at ``ratios`` (with ``pool``) and at ``reference``
-    (average pooling), their runs interleaved so that a busy machine slows both alike."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, got {repeats}")
-    settings = ((ratios, pool), (reference, "avg"))
-    times: tuple[list[float], list[float]] = ([], [])
-    model.eval()
-    with torch.no_grad():
-        for run in range(repeats + 1):  # the first round warms up
-            for (setting, setting_pool), out in zip(settings, times):
-                with isr(model, encoder=setting.get("encoder"), decoder=setting.get("decoder"), pool=setting_pool):
-                    start = time.perf_counter()
-                    model(x)
-                    if run:
-                        out.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def _change(now: float, ref: float) -> str:
@@ -340,8 +324,7 @@ class ISRExplorer:
         self._cache: dict[tuple, SettingResult] = {}
         self._busy = False
         self.reference = self.evaluate(self.training, "avg")
-        self.latency, self.reference_latency = paired_latency(model, x, self.training, self.training,
-                                                              repeats=latency_repeats)
+        self.latency = self.reference_latency = None
 
         self.sliders = {}
         for group, stages in self.offered.items():
@@ -438,10 +421,11 @@ class ISRExplorer:
         """Evaluate (or fetch) the current setting, measure latency, redraw everything."""
         ratios, pool = self.ratios(), self.pool.value
         key = _key(ratios, pool)
-        if self.result is None or _key(self.result.ratios, self.result.pool) != key:
+        if self.latency is None or _key(self.result.ratios, self.result.pool) != key:
             self.result = self.evaluate(ratios, pool)
-            self.latency, self.reference_latency = paired_latency(self.model, self.input, ratios, self.training, pool,
-                                                                  repeats=self.latency_repeats)
+            timed = measure_latency(self.model, self.input, {"now": {**ratios, "pool": pool}, "training": {}},
+                                    repeats=self.latency_repeats)
+            self.latency, self.reference_latency = timed["now"], timed["training"]
         record = self.result.records[self.stage.value]
         heads = int(record.probs.shape[1])
         self._busy = True
