@@ -26,11 +26,11 @@ from segviz.data import CLASSES, Shapes, sample_image
 torch.manual_seed(0)
 photo = sample_image("astronaut", size=256)          # .array (256, 256, 3) uint8, .tensor (1, 3, 256, 256)
 model = segviz.create_model("segformer-nano")        # 5 classes: background + 4 shapes
-result = segviz.train(model, Shapes(512, size=64, seed=0), steps=STEPS, batch_size=8, lr=LR, progress=False)
+result = segviz.train(model, Shapes(512, size=64, seed=0), steps=STEPS, batch_size=16, lr=LR, progress=False)
 print(f"segformer-nano: {segviz.count_params(model):,} parameters; "
       f"validation mIoU on held-out Shapes: {result.val_miou:.2f}"
       + (" (weights from the cache)" if result.from_cache else ""))"""
-STEPS, LR = 200, 4e-3
+STEPS, LR = 400, 4e-3
 SETUP = SETUP.replace("STEPS", str(STEPS)).replace("LR", repr(LR))
 
 QUERY = (80, 118)  # a pixel on the astronaut's face, (y, x) in the 256 x 256 photo
