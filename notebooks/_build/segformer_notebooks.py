@@ -241,6 +241,11 @@ B0 (q kᵀ and probs·v: 2·N·(N/R)·C), full versus reduced.
 cost = viz.attention_cost_rows((512, 512), strides=(4, 8, 16, 32), sr_ratios=(8, 4, 2, 1),
                                dims=(32, 64, 160, 256))
 print(viz.format_table(cost, float_format="{:.3f}"))
+
+from segviz.nn import attention_macs                 # the kernel's own count, per head: N·Nk·2d
+print("same as segviz.nn.attention_macs:", all(
+    round(attention_macs(1, heads, row["tokens N"], row["keys N/R"], dim // heads) / 1e9, 3) == row["attn GMACs (N²/R)"]
+    for row, heads, dim in zip(cost, (1, 2, 5, 8), (32, 64, 160, 256))))
 """),
         md("""
 **Explore** (in JupyterLab): pick a stage, a head and a query pixel. The explorer redraws from the
