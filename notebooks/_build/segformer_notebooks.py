@@ -93,7 +93,7 @@ viz.attention_overlay(photo.array, rec.attention["encoder.stages.0.blocks.0.attn
 - [01_segformer.ipynb](01_segformer.ipynb): SegFormer block by block: overlapping patches, efficient
   self-attention, Mix-FFN without positional encoding, the All-MLP decoder, and B0–B5 costs next to the
   published numbers.
-- `02_edaformer_isr.ipynb`: EDAFormer and inference spatial reduction: slide the reduction ratios and
+- [02_edaformer_isr.ipynb](02_edaformer_isr.ipynb): EDAFormer and inference spatial reduction: slide the reduction ratios and
   watch cost and attention change on the same weights.
 - `03_swin.ipynb`, `04_mask2former.ipynb`, `05_deeplab.ipynb`, `06_compare.ipynb`: windows, masked
   attention and deformable sampling, atrous convolution, and all of them side by side (as they land).
