@@ -173,7 +173,8 @@ On every change the explorer redraws: GMACs (whole model, and the attention of e
 the training ratios, the latency measured on this machine, where the chosen query looks in the chosen
 stage, the prediction on a held-out Shapes image and which of its pixels changed class, and the mIoU on
 the first 16 held-out images (few, to keep an update well under a second; section 4 uses all 64). The
-image is 128×128, the size the model was trained at.
+image is 128×128, the size the model was trained at. The explorer computes on one CPU thread (inputs
+this small gain nothing from more), so its latencies are single-thread ones.
 """),
         code("""
 i = 4                                                   # a held-out image with three kinds of shape

@@ -21,6 +21,7 @@ stage first: its decoder "[2, 4, 8]" is ``decoder=(8, 4, 2)`` here.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import statistics
@@ -299,6 +300,9 @@ class ISRExplorer:
         class_names: names of the model's classes, for the legend.
         latency_repeats: forward passes per latency measurement (median); on every change of
             setting the training ratios are timed again alongside, runs interleaved.
+        threads: torch CPU threads while the explorer computes (default 1: inputs this small gain
+            nothing from more threads, and lose much when the cores are busy); None leaves
+            torch's setting alone. Latencies are measured with this many threads.
 
     Attributes: ``input`` (the model input), ``sliders`` ("enc 1" -> SelectionSlider, CSS class ``segviz-isr-slider``),
     ``preset`` (Dropdown), ``pool`` (ToggleButtons), ``stage`` (Dropdown), ``head``, ``y``,
@@ -310,7 +314,7 @@ class ISRExplorer:
     """
 
     def __init__(self, model: nn.Module, image, x: torch.Tensor, *, eval_set=None,
-                 class_names: Sequence[str] | None = None, latency_repeats: int = 3):
+                 class_names: Sequence[str] | None = None, latency_repeats: int = 3, threads: int | None = 1):
         import ipywidgets as widgets
 
         self.model, self.input, self.eval_set = model, x, eval_set
@@ -319,11 +323,13 @@ class ISRExplorer:
             raise ValueError(f"image {self.image.shape[:2]} and input {tuple(x.shape[-2:])} differ in size")
         self.class_names = class_names
         self.latency_repeats = latency_repeats
+        self.threads = threads
         self.training = training_ratios(model)
         self.offered = allowed_ratios(model, tuple(x.shape[-2:]))
         self._cache: dict[tuple, SettingResult] = {}
         self._busy = False
-        self.reference = self.evaluate(self.training, "avg")
+        with self._threads():
+            self.reference = self.evaluate(self.training, "avg")
         self.latency = self.reference_latency = None
 
         self.sliders = {}
@@ -417,8 +423,24 @@ class ISRExplorer:
             self._busy = False
         self.redraw()
 
+    @contextlib.contextmanager
+    def _threads(self):
+        if self.threads is None:
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
     def redraw(self) -> None:
         """Evaluate (or fetch) the current setting, measure latency, redraw everything."""
+        with self._threads():
+            self._redraw()
+
+    def _redraw(self) -> None:
         ratios, pool = self.ratios(), self.pool.value
         key = _key(ratios, pool)
         if self.latency is None or _key(self.result.ratios, self.result.pool) != key:
