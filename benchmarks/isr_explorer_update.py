@@ -31,8 +31,9 @@ def timed(action) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of the explorer (default 1, its default)")
-    parser.add_argument("--eval-images", type=int, default=16, help="held-out Shapes images for mIoU (default 16, as in notebook 02)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of the explorer (default 1)")
+    parser.add_argument("--eval-images", type=int, default=16,
+                        help="held-out Shapes images for mIoU (default 16, as in notebook 02)")
     parser.add_argument("--runs", type=int, default=8, help="query-pixel updates timed (default 8)")
     args = parser.parse_args()
 

@@ -32,12 +32,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from torch import nn
 
 from segviz.inspect.capture import capture
 from segviz.inspect.costs import flops
 from segviz.inspect.isr import feature_sizes, isr, training_ratios
 from segviz.nn.reduction import SpatialReductionAttention
+from segviz.training import evaluate
 from segviz.viz.arrays import as_image
 from segviz.viz.overlays import _draw_attention, class_colors
 
@@ -107,9 +109,10 @@ class SettingResult:
     """What one ratio setting gives (everything but latency, which is measured separately).
 
     ``gmacs``: whole model; ``stage_gmacs``: "enc 1" -> GMACs of that stage's attention blocks
-    (EFA / efficient self-attention, with their k/v conv and output Linear);
-    ``stage_ratios``: "enc 1" -> its ratio; ``labels``: (H, W) predicted classes of the image; ``records``: "enc 1" -> the
-    AttentionRecord of the stage's first attention; ``miou``: on the held-out set, or None.
+    (EFA / efficient self-attention, with their k/v conv and output Linear); ``stage_ratios``:
+    "enc 1" -> its ratio; ``labels``: (H, W) predicted classes of the image; ``records``:
+    "enc 1" -> the AttentionRecord of the stage's first attention; ``miou``: on the held-out
+    set, or None.
     """
 
     ratios: dict[str, tuple[int, ...]]
@@ -125,13 +128,12 @@ class SettingResult:
 def evaluate_setting(model: nn.Module, x: torch.Tensor, ratios: Mapping[str, Sequence[int]], pool: str = "avg",
                      eval_set=None) -> SettingResult:
     """Run ``model`` on ``x`` (1, 3, H, W) with ISR ``ratios`` ({"encoder": ..., "decoder": ...}).
+    The model is left in eval mode with its ratios restored.
 
     Counts GMACs (``segviz.flops``), records the attention of each stage's first block, predicts
     (logits bilinearly resized to H x W, argmax) and, with ``eval_set`` (e.g. a held-out
-    :class:`segviz.data.Shapes`), computes its dataset mIoU. The model's ratios are restored.
+    :class:`segviz.data.Shapes`), computes its dataset mIoU.
     """
-    from segviz.training import evaluate
-
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"x must be one image (1, 3, H, W), got {tuple(x.shape)}")
     stages = stage_modules(model)
@@ -153,7 +155,8 @@ def evaluate_setting(model: nn.Module, x: torch.Tensor, ratios: Mapping[str, Seq
     return SettingResult(dict(in_force), stage_ratios, pool, report.total, per_stage, labels, records, miou)
 
 
-def measure_latency(model: nn.Module, x: torch.Tensor, settings: Mapping[str, Mapping], repeats: int = 3) -> dict[str, float]:
+def measure_latency(model: nn.Module, x: torch.Tensor, settings: Mapping[str, Mapping],
+                    repeats: int = 3) -> dict[str, float]:
     """Median milliseconds of a forward pass of ``model`` on ``x`` under each ISR setting.
 
     ``settings``: label -> keyword arguments of :func:`segviz.isr` (``encoder``, ``decoder``,
@@ -249,7 +252,10 @@ def isr_figure(image, result: SettingResult, reference: SettingResult, stage: st
     ax_att.set_title(f"{stage}, head {head}: R = {result.stage_ratios[stage]}, {kh}×{kw} keys", fontsize=10)
     fig.colorbar(heat, ax=ax_att, shrink=0.8, label="attention weight")
 
-    n_classes = len(class_names) if class_names is not None else int(max(result.labels.max(), reference.labels.max())) + 1
+    if class_names is not None:
+        n_classes = len(class_names)
+    else:
+        n_classes = int(max(result.labels.max(), reference.labels.max())) + 1
     colors = class_colors(n_classes)
     rgba = np.zeros(result.labels.shape + (4,), np.float32)
     rgba[..., :3] = colors[result.labels]
@@ -269,8 +275,6 @@ def isr_figure(image, result: SettingResult, reference: SettingResult, stage: st
         ax.set_xticks([])
         ax.set_yticks([])
     if class_names is not None:
-        from matplotlib.patches import Patch
-
         handles = [Patch(color=colors[i], label=name) for i, name in enumerate(class_names)
                    if not (i == 0 and name.lower() == "background")]
         ax_pred.legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(0, -0.2), ncol=2, frameon=False)
@@ -336,8 +340,9 @@ class ISRExplorer:
         for group, stages in self.offered.items():
             for stage, options in stages.items():
                 label = stage_label(group, stage)
-                slider = widgets.SelectionSlider(options=list(options), value=self.training[group][list(stages).index(stage)],
-                                                 description=label, continuous_update=False,
+                start = self.training[group][list(stages).index(stage)]
+                slider = widgets.SelectionSlider(options=list(options), value=start, description=label,
+                                                 continuous_update=False,
                                                  layout=widgets.Layout(width="260px"))
                 slider.add_class("segviz-isr-slider")
                 slider.observe(self._ratio_changed, names="value")
