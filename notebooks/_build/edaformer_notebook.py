@@ -242,6 +242,7 @@ same settings. (That is the same computation as calling `segviz.set_isr(model_b,
 but the ratios become part of the model's config, so the trainer's cache tells the two models apart.)
 """),
         code("""
+torch.manual_seed(0)                                    # the same initial weights as model (a)
 model_b = segviz.create_model("edaformer-nano", pool_ratios=paper_a["encoder"], decoder_pool_ratios=paper_a["decoder"])
 result_b = train(model_b, shapes, **TRAIN)
 
@@ -274,6 +275,7 @@ that it should lose more accuracy under ISR than EDAFormer does. `segformer-nano
 (so its weights usually come from the cache).
 """),
         code("""
+torch.manual_seed(0)                                    # as in notebooks 00 and 01
 segformer = segviz.create_model("segformer-nano")
 result_s = train(segformer, shapes, **TRAIN)
 seg_explorer = ISRExplorer(segformer, held_out.array(i), image[None], eval_set=quick_set, class_names=CLASSES)
