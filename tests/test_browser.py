@@ -122,10 +122,11 @@ def stop_lab(proc: subprocess.Popen) -> None:
 
 
 def _errors_on_page(page) -> list[str]:
-    """Texts of error outputs and of stderr outputs that hold a traceback."""
+    """Texts of error outputs, of stderr outputs that hold a traceback, and of widgets that failed to render."""
     found = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"]').all_inner_texts()
     stderr = page.locator('.jp-RenderedText[data-mime-type="application/vnd.jupyter.stderr"]').all_inner_texts()
-    return found + [t for t in stderr if "Traceback" in t or "Error" in t]
+    widgets = page.get_by_text("Error displaying widget").all_inner_texts()
+    return found + [t for t in stderr if "Traceback" in t or "Error" in t] + widgets
 
 
 def run_all_and_move_slider(base: str, notebook: str, chromium_path: Path, shots: list[Path]) -> dict:
