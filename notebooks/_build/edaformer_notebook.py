@@ -218,7 +218,9 @@ for name in ("edaformer-t", "edaformer-b"):
 print(viz.format_table(rows, float_format="{:.2f}"))
 """),
         md("""
-And the speed this buys on this machine's CPU for EDAFormer-T at 512×512 (random weights: speed does not
+EDAFormer-T's cost falls by about a sixth with the first setting and about a quarter with the second;
+EDAFormer-B's by less, because a smaller share of its cost is attention (its feed-forward layers and its
+768-channel fusion weigh more). And the speed this buys on this machine's CPU for EDAFormer-T at 512×512 (random weights: speed does not
 depend on them; the median of three runs on a machine that may be busy with other work, so expect some
 noise):
 """),

@@ -218,7 +218,8 @@ def stage_table_html(result: SettingResult, reference: SettingResult) -> str:
                     f"<td>{g * 1e3:.2f}</td><td>{ref * 1e3:.2f}</td><td>{_change(g, ref)}</td></tr>")
     head = ("<tr><th>stage</th><th>queries</th><th>keys</th><th>attention MMACs</th>"
             "<th>at training</th><th>change</th></tr>")
-    return f"<table>{head}{''.join(rows)}</table>"
+    style = "<style>.segviz-isr-table td, .segviz-isr-table th {padding: 1px 8px; text-align: right}</style>"
+    return f"{style}<table class='segviz-isr-table'>{head}{''.join(rows)}</table>"
 
 
 def isr_figure(image, result: SettingResult, reference: SettingResult, stage: str, query: tuple[int, int],
