@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segviz.inspect.isr import current_ratios
+from segviz.nn.reduction import SpatialReductionAttention
 from segviz.weights import load_state_dict_strict, read_state_dict
 
 
@@ -99,11 +101,26 @@ def _describe(dataset) -> dict | None:
     return describe() if callable(describe) else None
 
 
+def _fingerprint(model: nn.Module) -> str:
+    """A hash of the model's starting weights: two runs share a cache entry only if they start alike."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def cache_key(model: nn.Module, dataset, val, **settings) -> dict:
-    """Everything that determines a training result, as a JSON-able dict."""
+    """Everything that determines a training result, as a JSON-able dict: the model's name,
+    config, starting weights and key/value reduction ratios in force (``segviz.set_isr``
+    before training trains at other ratios), the data, and the settings."""
+    reductions = [m for m in model.modules() if isinstance(m, SpatialReductionAttention)]
     return {
         "model": getattr(model, "segviz_name", type(model).__name__),
         "config": getattr(model, "segviz_config", None),
+        "init": _fingerprint(model),
+        "ratios": current_ratios(model) if reductions else None,
+        "pools": sorted({m.isr_pool for m in reductions}),
         "dataset": _describe(dataset),
         "val": _describe(val),
         **settings,
@@ -227,11 +244,11 @@ def train(
             when ``dataset`` is a Shapes set, else no validation.
         device: defaults to :func:`segviz.device` (cuda when present).
         cache: reuse / store the trained weights, losses and val mIoU under :func:`cache_dir`,
-            keyed by model name and config, dataset and val descriptions, seed, steps,
-            batch size, lr and weight decay. A broken or mismatching entry is reported with a
+            keyed by :func:`cache_key`: model name, config, a hash of its starting weights and
+            the reduction ratios in force, dataset and val descriptions, seed, steps, batch
+            size, lr and weight decay. A broken or mismatching entry is reported with a
             warning and rebuilt. Runs whose dataset or val set has no ``description()`` are
-            never cached. The key does not see the model's initial weights: build the model
-            after ``torch.manual_seed`` so that they follow from its config.
+            never cached. Seed before building the model so that reruns hit the cache.
 
     Returns:
         :class:`TrainResult`; the model is left in eval mode on ``device``.

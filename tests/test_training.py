@@ -128,11 +128,13 @@ def test_cache_hit_gives_identical_weights_and_numbers(cache):
     first = train(tiny(seed=0), **FAST)
     assert not first.from_cache and len(first.losses) == 3 and 0 <= first.val_miou <= 1
     trained = weights(first.model)
-    again = train(tiny(seed=1), **FAST)  # different initial weights: all must come from the cache
+    again = train(tiny(seed=0), **FAST)  # the same start: everything must come from the cache
     assert again.from_cache and again.cache_path == first.cache_path
     assert_same_weights(weights(again.model), trained)
     assert again.losses == first.losses and again.val_miou == first.val_miou
     assert not again.model.training
+    other_start = train(tiny(seed=1), **FAST)  # other starting weights are another experiment
+    assert not other_start.from_cache and other_start.cache_path != first.cache_path
 
 
 def test_training_is_deterministic_and_changes_weights():
@@ -277,3 +279,23 @@ def test_small_conv_net_learns_shapes(cache):
     assert result.val_miou > 0.5 and result.val_miou > chance + 0.3
     assert np.mean(result.losses[-10:]) < 0.5 * np.mean(result.losses[:10])
     assert not result.model.training
+
+
+def test_cache_key_follows_starting_weights_and_isr_ratios():
+    import segviz
+    from segviz.training import cache_key
+
+    data = Shapes(4, size=32, seed=0)
+    torch.manual_seed(0)
+    a = segviz.create_model("segformer-nano")
+    torch.manual_seed(0)
+    same = segviz.create_model("segformer-nano")
+    torch.manual_seed(1)
+    other = segviz.create_model("segformer-nano")
+    assert cache_key(a, data, None) == cache_key(same, data, None)
+    assert cache_key(a, data, None)["init"] != cache_key(other, data, None)["init"]
+    with segviz.isr(a, encoder=(16, 8, 2, 1)):
+        assert cache_key(a, data, None)["ratios"] == {"encoder": (16, 8, 2, 1)}
+        assert cache_key(a, data, None) != cache_key(same, data, None)
+    with segviz.isr(a, encoder=(8, 4, 2, 1), pool="max"):
+        assert cache_key(a, data, None)["pools"] == ["max"]

@@ -41,7 +41,7 @@ from segviz.inspect.isr import feature_sizes, isr, training_ratios
 from segviz.nn.reduction import SpatialReductionAttention
 from segviz.training import evaluate
 from segviz.viz.arrays import as_image
-from segviz.viz.overlays import _draw_attention, class_colors
+from segviz.viz.overlays import draw_attention, class_colors
 
 # The EDAFormer paper's two ISR settings, in segviz's order (decoder stages 2, 3, 4).
 PAPER_PRESETS = {
@@ -248,7 +248,7 @@ def isr_figure(image, result: SettingResult, reference: SettingResult, stage: st
 
     record = result.records[stage]
     head = min(head, record.probs.shape[1] - 1)
-    heat = _draw_attention(ax_att, img, record, query, head)
+    heat = draw_attention(ax_att, img, record, query, head)
     kh, kw = record.k_hw
     ax_att.set_title(f"{stage}, head {head}: R = {result.stage_ratios[stage]}, {kh}×{kw} keys", fontsize=10)
     fig.colorbar(heat, ax=ax_att, shrink=0.8, label="attention weight")

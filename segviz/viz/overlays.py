@@ -159,7 +159,7 @@ def reduction_of(record: AttentionRecord) -> int:
     return max(record.q_hw[0] // record.k_hw[0], 1)
 
 
-def _draw_attention(ax, img, record, query, head, vmin=None, vmax=None):
+def draw_attention(ax, img, record, query, head, vmin=None, vmax=None):
     """Photo + the query's attention over the key grid; returns the heat-map artist."""
     h, w = img.shape[:2]
     qh, qw = record.q_hw
@@ -217,7 +217,7 @@ def attention_overlay(image, record: AttentionRecord, query: tuple[int, int], *,
     sr = reduction_of(record)
     fig = Figure(figsize=(6.4, 5.4), layout="constrained")
     ax = fig.subplots()
-    heat = _draw_attention(ax, img, record, query, head)
+    heat = draw_attention(ax, img, record, query, head)
     kh, kw = record.k_hw
     qh, qw = record.q_hw
     ax.set_title(f"{title or f'head {head}'} · query pixel (y={query[0]}, x={query[1]})\n"
@@ -271,7 +271,7 @@ def attention_grid(image, records: Mapping[str, AttentionRecord], query: tuple[i
             if c >= len(chosen[label]):
                 ax.set_axis_off()
                 continue
-            heat = _draw_attention(ax, img, record, query, chosen[label][c], vmin=vmin, vmax=vmax)
+            heat = draw_attention(ax, img, record, query, chosen[label][c], vmin=vmin, vmax=vmax)
             ax.set_title(f"head {chosen[label][c]}", fontsize=9)
         sr = reduction_of(record)
         kh, kw = record.k_hw
