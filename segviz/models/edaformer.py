@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from segviz.inspect import recording
 from segviz.models.segformer import MixFFN, OverlapPatchEmbed, init_official
 from segviz.nn import ConvBNReLU, DropPath, SpatialReductionAttention, attention, drop_path_rates
-from segviz.nn import map_to_tokens, tokens_to_map
+from segviz.nn import FeaturePyramid, map_to_tokens, tokens_to_map
 from segviz.registry import register
 
 
@@ -170,7 +170,7 @@ class EFTStage(nn.Module):
         return out
 
 
-class EFTEncoder(nn.Module):
+class EFTEncoder(FeaturePyramid):
     """The Embedding-Free Transformer encoder: four stages at strides 4, 8, 16, 32.
 
     (B, 3, H, W) -> [ (B, C_i, H / 2^(i+1), W / 2^(i+1)) for i = 1..4 ].
@@ -185,13 +185,6 @@ class EFTEncoder(nn.Module):
                      depths[i], pool_ratios[i], mlp_ratio, rates[i])
             for i in range(4)
         )
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
 
 
 class DecoderStage(nn.Module):

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from segviz.inspect import recording
 from segviz.models.segformer_weights import read_segformer_checkpoint
 from segviz.nn.attention import attention
-from segviz.nn.layers import ConvBNReLU, DropPath, drop_path_rates, map_to_tokens, tokens_to_map
+from segviz.nn.layers import ConvBNReLU, DropPath, FeaturePyramid, drop_path_rates, map_to_tokens, tokens_to_map
 from segviz.nn.reduction import SpatialReductionAttention
 from segviz.registry import register
 
@@ -230,7 +230,7 @@ def init_official(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class MixTransformer(nn.Module):
+class MixTransformer(FeaturePyramid):
     """The hierarchical encoder MiT: four stages at strides 4, 8, 16, 32.
 
     (B, 3, H, W) -> [(B, C1, H/4, W/4), (B, C2, H/8, W/8), (B, C3, H/16, W/16), (B, C4, H/32, W/32)]
@@ -279,13 +279,6 @@ class MixTransformer(nn.Module):
             stages.append(MiTStage(patch_embed, blocks, dim, block_eps))
         self.stages = nn.ModuleList(stages)
         self.apply(init_official)
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
 
 
 # ----------------------------------------------------------------------------------------

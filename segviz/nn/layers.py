@@ -63,3 +63,17 @@ def tokens_to_map(x: Tensor, hw: tuple[int, int]) -> Tensor:
 def map_to_tokens(x: Tensor) -> Tensor:
     """(B, C, h, w) map -> (B, h·w, C) tokens."""
     return x.flatten(2).transpose(1, 2)
+
+
+class FeaturePyramid(nn.Module):
+    """Base of the hierarchical encoders: runs ``self.stages`` in turn and returns every
+    stage's output, the multi-scale pyramid [(B, C_1, H/4, W/4), ..., (B, C_4, H/32, W/32)]."""
+
+    stages: nn.ModuleList
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
