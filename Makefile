@@ -27,8 +27,11 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[notebook,test]'
 	touch $@
 
+# Jupyter refuses to run as root without --allow-root (containers often run as root).
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 lab: $(VENV)/.notebook-installed
-	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks --no-browser --ip=127.0.0.1
+	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks --no-browser --ip=127.0.0.1 $(ROOT_FLAG)
 
 # Chromium for the real-browser test (Debian packages; needs root where they are missing).
 browser-deps:

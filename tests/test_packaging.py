@@ -35,3 +35,14 @@ def test_readme_commands_and_ci_agree():
     makefile = (ROOT / "Makefile").read_text()
     assert "torch==2.13.0" in makefile
     assert "--nbval-lax --nbval-current-env" in makefile
+
+
+def test_make_lab_serves_the_notebooks_folder():
+    import os
+    import subprocess
+
+    dry = subprocess.run(["make", "-n", "-W", ".venv/.notebook-installed", "lab"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    line = next(l for l in dry.splitlines() if "jupyter lab" in l)
+    assert "--ServerApp.root_dir=notebooks" in line
+    assert ("--allow-root" in line) == (os.geteuid() == 0)  # jupyter refuses root without it
