@@ -12,8 +12,8 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent.parent
 
-# The same data and settings as notebooks 00/01 use for segformer-nano, so section 5 finds
-# their weights in the trainer's cache, and the two EDAFormers are trained exactly alike.
+# One set of training settings for every model in this notebook (both EDAFormers and the
+# segformer-nano of section 5), so that their comparisons are like for like.
 TRAIN = "dict(steps=120, batch_size=8, lr=4e-3, progress=False)"
 QUERY = (80, 118)  # a pixel on the astronaut's face, (y, x) in the 256 x 256 photo
 
@@ -273,11 +273,11 @@ pooling at inference, which this model never saw in training.
 The same mechanism works on SegFormer: after its learned stride-R conv, the keys and values are
 average-pooled by the extra factor. Only multiples of the trained ratio are possible (the conv runs
 first), and there is no decoder attention. SegFormer was **not trained for this**; the paper argues
-that it should lose more accuracy under ISR than EDAFormer does. `segformer-nano` is trained exactly as in notebooks 00 and 01
-(so its weights usually come from the cache).
+that it should lose more accuracy under ISR than EDAFormer does. `segformer-nano` is trained here on the same data with the same settings
+as the `edaformer-nano` above, so the two are compared like for like.
 """),
         code("""
-torch.manual_seed(0)                                    # as in notebooks 00 and 01
+torch.manual_seed(0)                                    # seeded like the EDAFormer above
 segformer = segviz.create_model("segformer-nano")
 result_s = train(segformer, shapes, **TRAIN)
 seg_explorer = ISRExplorer(segformer, held_out.array(i), image[None], eval_set=quick_set, class_names=CLASSES)
