@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segviz.inspect import recording
-from segviz.models.segformer import MixFFN, OverlapPatchEmbed, init_official
+from segviz.models.segformer import MiTStage, MixFFN, OverlapPatchEmbed, init_official
 from segviz.nn import ConvBNReLU, DropPath, SpatialReductionAttention, attention, drop_path_rates
 from segviz.nn import FeaturePyramid, map_to_tokens, tokens_to_map
 from segviz.registry import register
@@ -142,32 +142,21 @@ def _set_role(blocks: nn.ModuleList, group: str, stage: int) -> None:
         block.attn.isr_role = (group, stage)
 
 
-class EFTStage(nn.Module):
+class EFTStage(MiTStage):
     """One encoder stage: overlapping patch embedding, EFT blocks, LayerNorm (eps 1e-6).
+    It runs exactly like SegFormer's :class:`~segviz.models.segformer.MiTStage`, whose
+    forward it inherits; only the blocks differ.
 
     (B, C_in, H, W) -> (B, C, H / stride, W / stride); emits a "feature" record.
     """
 
     def __init__(self, stage: int, in_chans: int, dim: int, heads: int, depth: int, pool_ratio: int,
                  mlp_ratio: float, drop_paths: Sequence[float]):
-        super().__init__()
-        self.stage = stage
         patch, stride = (7, 4) if stage == 1 else (3, 2)
-        self.patch_embed = OverlapPatchEmbed(in_chans, dim, patch, stride)
-        self.blocks = nn.ModuleList(
-            EFTBlock(dim, heads, pool_ratio, mlp_ratio, drop_path=p) for p in drop_paths[:depth]
-        )
+        blocks = [EFTBlock(dim, heads, pool_ratio, mlp_ratio, drop_path=p) for p in drop_paths[:depth]]
+        super().__init__(OverlapPatchEmbed(in_chans, dim, patch, stride), blocks, dim, eps=1e-6)
+        self.stage = stage
         _set_role(self.blocks, "encoder", stage)
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-
-    def forward(self, x: Tensor) -> Tensor:
-        tokens, hw = self.patch_embed(x)
-        for block in self.blocks:
-            tokens = block(tokens, hw)
-        out = tokens_to_map(self.norm(tokens), hw)
-        if recording.wants(self, "feature"):
-            recording.emit(self, "feature", features=out)
-        return out
 
 
 class EFTEncoder(FeaturePyramid):
