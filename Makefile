@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: lab test unit notebooks browser-deps clean
+.PHONY: lab test unit nbval notebooks browser-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,10 +44,21 @@ browser-deps:
 unit: $(VENV)/.test-installed browser-deps
 	$(BIN)/python -m pytest tests
 
-notebooks: $(VENV)/.test-installed
+# Runs every notebook and compares the cells marked # NBVAL_CHECK_OUTPUT with their saved outputs.
+nbval: $(VENV)/.test-installed
 	$(BIN)/python -m pytest --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider notebooks/
 
-test: unit notebooks
+test: unit nbval
+
+# Re-executes the notebooks from their jupytext sources (notebooks/NN_name.py) and writes the
+# outputs into the paired .ipynb. `jupytext --sync` first takes the newer side of each pair as the
+# inputs (an edited .py, or a .ipynb saved by JupyterLab) and writes it to the other side.
+NOTEBOOK_SOURCES := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
+notebooks: $(VENV)/.notebook-installed
+	$(BIN)/jupytext --sync $(NOTEBOOK_SOURCES)
+	PYTHONHASHSEED=0 $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+		--ExecutePreprocessor.timeout=900 $(NOTEBOOK_SOURCES:.py=.ipynb)
+	$(BIN)/jupytext --sync $(NOTEBOOK_SOURCES)
 
 clean:
 	rm -rf $(VENV) *.egg-info test-output

@@ -1,0 +1,297 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # SegFormer, block by block
+#
+# SegFormer (Xie et al., NeurIPS 2021) is a hierarchical transformer encoder with a very light decoder.
+# This notebook builds it up the way the paper does, one block at a time, each with its idea, its
+# equation, the block from `segviz`, a shape check, and a figure on a real photograph.
+#
+# **What you will see:**
+# 1. overlapping 7×7 patches next to ViT's 16×16 ones, the 4-stage token pyramid, and what each stage's
+#    tokens encode (PCA colours);
+# 2. efficient self-attention: where a pixel looks, in every stage and head, over a *shrunken* key grid,
+#    the cost table N² versus N²/R, and an explorer widget;
+# 3. Mix-FFN: one model at two resolutions without any positional encoding, and how zero padding leaks
+#    position near the borders;
+# 4. the All-MLP decoder's four steps as maps, and the prediction;
+# 5. B0–B5: parameters and GFLOPs measured next to the paper's.
+#
+# The maps come from `segformer-nano`, a tiny SegFormer trained for about half a minute on the synthetic
+# Shapes set (the trainer caches its weights, so a second run skips this).
+
+# %%
+# %matplotlib inline
+# %config InlineBackend.figure_formats = ["jpeg"]  # figures as JPEG: keeps the saved notebook small
+import torch
+
+import segviz
+from segviz import viz
+from segviz.data import CLASSES, Shapes, sample_image
+
+torch.manual_seed(0)
+photo = sample_image("astronaut", size=256)          # .array (256, 256, 3) uint8, .tensor (1, 3, 256, 256)
+model = segviz.create_model("segformer-nano")        # 5 classes: background + 4 shapes
+result = segviz.train(model, Shapes(512, size=64, seed=0), steps=400, batch_size=16, lr=0.004, progress=False)
+print(f"segformer-nano: {segviz.count_params(model):,} parameters; "
+      f"validation mIoU on held-out Shapes: {result.val_miou:.2f}"
+      + (" (weights from the cache)" if result.from_cache else ""))
+
+# %% [markdown]
+# One forward pass on the photo, recorded: attention probabilities and stage feature maps, by module
+# name. Every figure below is drawn from this single recording. First, what the model predicts (it
+# knows only shapes, so on a photo it marks regions that look round, boxy or pointed):
+
+# %%
+with torch.no_grad(), segviz.capture(model) as rec:
+    logits = model(photo.tensor)                      # (1, 5, 64, 64): 1/4 of the input
+print(rec)
+viz.prediction_overlay(photo.array, logits, CLASSES, title="segformer-nano on a 256×256 photo")
+
+# %% [markdown]
+# ## 1. Overlapping patch embedding
+#
+# ViT cuts the image into non-overlapping 16×16 patches, so an edge can fall between two tokens and
+# neither sees it whole. SegFormer embeds patches with a convolution whose kernel is larger than its
+# stride: neighbouring patches share pixels, and local continuity is kept. Stage 1 uses K = 7, S = 4,
+# P = 3; stages 2–4 merge the previous map with K = 3, S = 2, P = 1:
+#
+# $$\text{tokens} = \mathrm{LayerNorm}\big(\mathrm{flatten}(\mathrm{Conv}_{K,S,P}(x))\big), \qquad
+# h = \Big\lfloor \frac{H + 2P - K}{S} \Big\rfloor + 1 .$$
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from segviz.models.segformer import OverlapPatchEmbed
+
+embed = OverlapPatchEmbed(in_chans=3, embed_dim=32, patch_size=7, stride=4)
+tokens, hw = embed(torch.zeros(1, 3, 512, 512))
+print("stage-1 patch embedding of a 512x512 image:", tuple(tokens.shape), "tokens on a grid", hw)
+
+with torch.device("meta"):                            # shapes only, no memory, no compute
+    b0 = segviz.create_model("segformer-b0")
+    maps = b0.encoder(torch.zeros(1, 3, 512, 512))
+print("segformer-b0 pyramid at 512x512:", " -> ".join(f"{m.shape[2]}²×{m.shape[1]}" for m in maps))
+
+# %% [markdown]
+# Neighbouring patches, zoomed: four 7×7 patches taken every 4 pixels share a 3-pixel band (top), while
+# ViT's 16×16 patches only touch (bottom).
+
+# %%
+viz.patch_figure(photo.array, at=(150, 60))
+
+# %% [markdown]
+# Each stage halves the grid and widens the channels: the token pyramid of `segformer-nano` on the photo
+# (drawn at one square per token), with the shapes recorded by `segviz.capture`:
+
+# %%
+stages = {f"stage {i + 1}": rec.features[f"encoder.stages.{i}"] for i in range(4)}
+viz.token_pyramid(stages, photo.array)
+
+# %% [markdown]
+# What do the tokens encode? A PCA of each stage's embeddings to three components, shown as RGB: tokens
+# the stage represents alike get alike colours. Early stages follow colour and edges; later ones group
+# larger regions.
+
+# %%
+viz.stage_pca(stages, photo.array)
+
+# %% [markdown]
+# ## 2. Efficient self-attention
+#
+# Self-attention over N = h·w tokens costs O(N²), too much at 1/4 resolution. SegFormer takes the keys
+# and values from the map shrunk by a strided convolution of kernel = stride = sr, so each **side**
+# shrinks by sr and the **sequence** by R = sr²:
+#
+# $$\hat{x} = \mathrm{LN}\big(\mathrm{Conv}_{sr \times sr,\ \text{stride } sr}(x)\big), \quad
+# Q = xW_Q,\ K = \hat{x}W_K,\ V = \hat{x}W_V, \quad
+# \mathrm{Attention}(Q,K,V) = \mathrm{softmax}\Big(\frac{QK^\top}{\sqrt{d}}\Big)V ,$$
+#
+# so the cost drops from O(N²) to O(N²/R). B0 uses sr = 8, 4, 2, 1 in stages 1–4 (R = 64, 16, 4, 1).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from segviz.models.segformer import EfficientSelfAttention
+
+attn = EfficientSelfAttention(dim=32, num_heads=1, sr_ratio=8)
+x = torch.randn(1, 64 * 64, 32)                       # a 64x64 map of 32-dim tokens
+with torch.no_grad(), segviz.capture(attn) as r:
+    out = attn(x, (64, 64))
+probs = r.attention[""]                                # the module itself is the root: name ""
+print("tokens in:", tuple(x.shape), "-> out:", tuple(out.shape))
+print("attention probs (B, heads, N, N/R):", tuple(probs.probs.shape), "query grid", probs.q_hw,
+      "key grid", probs.k_hw)
+
+# %% [markdown]
+# Where does one pixel look? The query pixel (cyan +) sits on the astronaut's face. In stage 1 the
+# 64×64 query tokens see only an 8×8 grid of keys (white lines); the dashed cyan cell shows the 8×8
+# query tokens that one key summarises (sr = 8, R = 64). Colours run from the map's smallest to its
+# largest weight; the cyan line on the colorbar marks uniform attention, 1/64, so you can read how
+# peaked the map really is.
+
+# %%
+QUERY = (80, 118)                                       # (y, x) pixel in the photo
+attention = {f"stage {i + 1}": rec.attention[f"encoder.stages.{i}.blocks.0.attn"] for i in range(4)}
+viz.attention_overlay(photo.array, attention["stage 1"], QUERY, title="stage 1")
+
+# %% [markdown]
+# The same query in every stage and head. At 256×256 every stage ends up with an 8×8 key grid: finer
+# query maps are reduced more (sr = 8, 4, 2, 1), so each key cell always covers 32×32 pixels. In this
+# small model the early stages spread their attention broadly, while the deep stages pick one or two
+# regions.
+
+# %%
+viz.attention_grid(photo.array, attention, QUERY)
+
+# %% [markdown]
+# What R buys at the paper's 512×512: query–key pairs per head and the GMACs of one attention layer of
+# B0 (q kᵀ and probs·v: 2·N·(N/R)·C), full versus reduced.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+cost = viz.attention_cost_rows((512, 512), strides=(4, 8, 16, 32), sr_ratios=(8, 4, 2, 1),
+                               dims=(32, 64, 160, 256))
+print(viz.format_table(cost, float_format="{:.3f}"))
+
+from segviz.nn import attention_macs                 # the kernel's own count, per head: N·Nk·2d
+print("same as segviz.nn.attention_macs:", all(
+    round(attention_macs(1, heads, row["tokens N"], row["keys N/R"], dim // heads) / 1e9, 3) == row["attn GMACs (N²/R)"]
+    for row, heads, dim in zip(cost, (1, 2, 5, 8), (32, 64, 160, 256))))
+
+# %% [markdown]
+# **Explore** (in JupyterLab): pick a stage, a head and a query pixel. The explorer redraws from the
+# recording above; the model does not run again.
+
+# %%
+viz.AttentionExplorer(photo.array, attention, query=QUERY)
+
+# %% [markdown]
+# ## 3. Mix-FFN: no positional encoding
+#
+# ViT adds a positional encoding of fixed size, which must be interpolated when the test resolution
+# differs and costs accuracy. SegFormer has none. Its feed-forward network puts a 3×3 depthwise
+# convolution between its two linear layers; the paper argues that this, with the convolution's zero
+# padding, gives enough position information:
+#
+# $$x_{out} = \mathrm{MLP}\big(\mathrm{GELU}(\mathrm{Conv}_{3\times 3}(\mathrm{MLP}(x_{in})))\big) + x_{in}.$$
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from segviz.models.segformer import MixFFN
+
+ffn = MixFFN(dim=32, hidden_dim=128)
+print("Mix-FFN:", tuple(ffn(torch.randn(1, 64 * 64, 32), (64, 64)).shape), "(same shape in and out)")
+
+# %% [markdown]
+# So the same weights run at any size. Here the photo at 256×256 and at 400×400 (not even a multiple of
+# 32: the stage grids are 100, 50, 25, 13), with nothing resized inside the model:
+
+# %%
+big = sample_image("astronaut", size=400)
+with torch.no_grad():
+    big_logits = model(big.tensor)
+print("logits at 256:", tuple(logits.shape), " at 400:", tuple(big_logits.shape))
+viz.prediction_panels([(photo.array, logits, "256×256 input"), (big.array, big_logits, "400×400 input")], CLASSES)
+
+# %% [markdown]
+# **Where does position come from?** Feed a block inputs that are identical everywhere. A block that
+# knew nothing about position would answer identically everywhere too; any difference between a token's
+# output and the centre token's is position information. Left: one Mix-FFN fed identical tokens: only
+# the border ring differs, because only there the 3×3 convolution reads zero padding. Right: the trained
+# model fed a flat grey photo: stage by stage, that border signal spreads inward.
+
+# %%
+from segviz.nn.layers import tokens_to_map
+
+block_ffn = model.encoder.stages[0].blocks[0].mlp     # a trained Mix-FFN of stage 1
+with torch.no_grad():
+    same = torch.ones(1, 32 * 32, block_ffn.fc1.in_features)
+    ffn_out = tokens_to_map(block_ffn(same, (32, 32)), (32, 32))
+    with segviz.capture(model, kinds=["feature"]) as flat:
+        model(torch.zeros(1, 3, 256, 256))            # zeros after normalisation = a flat grey photo
+leaks = {"one Mix-FFN, identical tokens": viz.deviation_from_centre(ffn_out)}
+leaks.update({f"stage {i + 1}, flat grey photo": viz.deviation_from_centre(flat.features[f"encoder.stages.{i}"])
+              for i in range(4)})
+viz.padding_leak(leaks)
+
+# %% [markdown]
+# ## 4. The All-MLP decoder
+#
+# The hierarchical encoder already sees far (its stage-4 tokens attend over the whole image), so the
+# decoder can be tiny: four steps of linear layers and one upsampling.
+#
+# $$\hat F_i = \mathrm{Linear}(C_i, C)(F_i), \quad
+# \hat F_i = \mathrm{Upsample}\big(\tfrac{H}{4}\times\tfrac{W}{4}\big)(\hat F_i), \quad
+# F = \mathrm{Linear}(4C, C)\big(\mathrm{Concat}(\hat F_1..\hat F_4)\big), \quad
+# M = \mathrm{Linear}(C, N_{cls})(F).$$
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from segviz.models.segformer import AllMLPDecoder
+
+decoder = AllMLPDecoder(in_dims=(32, 64, 160, 256), dim=256, num_classes=150).eval()
+b0_maps = [torch.randn(1, c, 128 >> i, 128 >> i) for i, c in enumerate((32, 64, 160, 256))]
+with torch.no_grad():
+    print("B0 decoder at 512x512:", [tuple(m.shape[1:]) for m in b0_maps], "->", tuple(decoder(b0_maps).shape))
+
+# %% [markdown]
+# The four steps on the photo. Steps 1 and 2 share one PCA colouring (after step 1 all four maps live
+# in the same C-dimensional space); step 3 fuses them, step 4 scores each class per token.
+
+# %%
+from segviz.nn.layers import map_to_tokens
+
+stage_maps = [rec.features[f"encoder.stages.{i}"] for i in range(4)]
+with torch.no_grad():                                  # step 1 alone: the per-stage Linear, before upsampling
+    projected = [tokens_to_map(model.decoder.linear_c[i].proj(map_to_tokens(f)), tuple(f.shape[-2:]))
+                 for i, f in enumerate(stage_maps)]
+upsampled = [rec.features[f"decoder.linear_c.{i}"] for i in range(4)]   # steps 1 + 2, recorded
+viz.decoder_steps(projected, upsampled, rec.features["decoder"], logits, CLASSES)
+
+# %% [markdown]
+# The logits come out at 1/4 resolution; `model.predict` upsamples them bilinearly to the input size:
+
+# %%
+with torch.no_grad():
+    full = model.predict(photo.tensor)
+print("predict:", tuple(full.shape))
+viz.prediction_overlay(photo.array, full, CLASSES, title="prediction at full resolution")
+
+# %% [markdown]
+# ## 5. B0–B5: measured next to published
+#
+# Parameters (with ADE20K's 150-class head) and GMACs — what the paper calls GFLOPs — counted by
+# `segviz.flops` at 512×512 (B5 also at 640×640, the size the paper reports for it). The models are
+# built on the `meta` device: shapes only, so this takes seconds.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+PUBLISHED = {"b0": (3.8, 8.4), "b1": (13.7, 15.9), "b2": (27.5, 62.4), "b3": (47.3, 79.0),
+             "b4": (64.1, 95.7), "b5": (84.7, 183.3)}   # ../shared/reference/published.md (B5 GFLOPs at 640)
+rows = []
+for variant, (params_pub, gflops_pub) in PUBLISHED.items():
+    with torch.device("meta"):
+        net = segviz.create_model(f"segformer-{variant}")
+    size = 640 if variant == "b5" else 512
+    gmacs = segviz.flops(net, (1, 3, size, size), device="meta").total
+    rows.append({"model": variant.upper(), "params (M)": round(segviz.count_params(net) / 1e6, 1),
+                 "paper params": params_pub, "input": f"{size}²", "GFLOPs": round(gmacs, 1),
+                 "paper GFLOPs": gflops_pub, "GFLOPs / paper": f"{gmacs / gflops_pub:.3f}"})
+print(viz.format_table(rows, float_format="{:.1f}"))
+
+# %% [markdown]
+# Parameters match to the published precision and GFLOPs agree within a few tenths of a percent; the
+# small remainder is work that mmcv's counter and ours count differently. (The paper gives B5 at 512×512
+# as 111.6 GFLOPs; try `segviz.flops(net, (1, 3, 512, 512), device="meta")` with `net` the B5 built above.)
