@@ -6,6 +6,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from segviz.viz import style
 from segviz.viz.overlays import class_colors
 
 
@@ -17,6 +18,7 @@ def label_colormap(num_classes: int) -> ListedColormap:
     return ListedColormap(colors, name=f"labels{num_classes}")
 
 
+@style.styled
 def plot_shapes(dataset, indices=(0, 1, 2, 3)) -> Figure:
     """Images of a :class:`segviz.data.Shapes` dataset (top row) over their label maps
     (bottom row), with a legend naming every class colour."""
@@ -25,15 +27,15 @@ def plot_shapes(dataset, indices=(0, 1, 2, 3)) -> Figure:
         raise ValueError("plot_shapes needs at least one index")
     classes = dataset.classes
     cmap = label_colormap(len(classes))
-    fig = Figure(figsize=(2.2 * len(indices) + 1.6, 4.6))
+    fig = style.figure(2.2 * len(indices) + 1.6, 4.6, layout=None)
     axes = fig.subplots(2, len(indices), squeeze=False)
     for col, i in enumerate(indices):
         labels = dataset.label_array(i)
         axes[0, col].imshow(dataset.array(i))
-        axes[0, col].set_title(f"image {i}", fontsize=10)
+        axes[0, col].set_title(f"image {i}", fontsize=style.NORMAL)
         axes[1, col].imshow(labels, cmap=cmap, vmin=-0.5, vmax=len(classes) - 0.5, interpolation="nearest")
         present = ", ".join(classes[k] for k in np.unique(labels) if k > 0)
-        axes[1, col].set_title(present or "(background only)", fontsize=8)
+        axes[1, col].set_title(present or "(background only)", fontsize=style.SMALL)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])

@@ -4,19 +4,13 @@ They redraw from records already captured: the model never runs again on an upda
 """
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 
 import ipywidgets as widgets
 
+from segviz.viz import style
 from segviz.viz.arrays import as_image
 from segviz.viz.overlays import _check_record, attention_overlay
-
-
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    return buffer.getvalue()
 
 
 class AttentionExplorer:
@@ -50,7 +44,7 @@ class AttentionExplorer:
         self.redraw()
 
     def _heads(self) -> int:
-        return int(self.records[self.stage.value].probs.shape[1])
+        return self.records[self.stage.value].heads
 
     def _stage_changed(self, _change) -> None:
         with self.head.hold_trait_notifications():
@@ -61,7 +55,8 @@ class AttentionExplorer:
     def redraw(self) -> None:
         self.figure = attention_overlay(self.image, self.records[self.stage.value], (self.y.value, self.x.value),
                                         head=self.head.value, title=f"{self.stage.value}, head {self.head.value}")
-        self.view.value = _png(self.figure)
+        style.show_png(self.view, self.figure)   # rendered at 2x, shown at 1x: sharp on a dense screen
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        # the widget, and a picture of its current state for a reader without a kernel
+        return style.widget_bundle(self.widget, self.figure, **kwargs)

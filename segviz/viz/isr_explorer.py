@@ -2,8 +2,8 @@
 prediction change, on the same weights.
 
 Inference spatial reduction (ISR, EDAFormer paper Sec. 3.3) pools the keys and values of
-every spatial-reduction attention by a larger ratio R at inference than in training. A stage
-with N query tokens then attends to N / R² keys, so its attention costs O(N² / R²).
+every spatial-reduction attention by a larger per-side ratio r at inference than in training. A
+stage with N query tokens then attends to N / R keys, R = r², so its attention costs O(N² / R).
 
 The pieces, pure functions first and the widget last:
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -40,6 +39,7 @@ from segviz.inspect.costs import flops
 from segviz.inspect.isr import feature_sizes, isr, training_ratios
 from segviz.nn.reduction import SpatialReductionAttention
 from segviz.training import evaluate
+from segviz.viz import style
 from segviz.viz.arrays import as_image
 from segviz.viz.overlays import draw_attention, class_colors
 
@@ -52,8 +52,8 @@ TRAINING = "training ratios"
 CUSTOM = "custom"
 
 HELP = (
-    "Each slider is one stage's <b>total</b> key/value reduction per side, R: a stage with N query "
-    "tokens attends to N/R² keys. Encoder sliders are stages 1-4; decoder sliders are in the order of "
+    "Each slider is one stage's <b>total</b> key/value reduction per side, r: a stage with N query "
+    "tokens attends to N/R keys, R = r². Encoder sliders are stages 1-4; decoder sliders are in the order of "
     "the encoder stage they read, 2, 3, 4. <b>The paper writes decoder ratios the other way round</b> "
     "(deepest stage first): its decoder [2,4,8] is dec 2 = 8, dec 3 = 4, dec 4 = 2 here."
 )
@@ -222,17 +222,19 @@ def stage_table_html(result: SettingResult, reference: SettingResult) -> str:
     return f"{style}<table class='segviz-isr-table'>{head}{''.join(rows)}</table>"
 
 
+@style.styled
 def isr_figure(image, result: SettingResult, reference: SettingResult, stage: str, query: tuple[int, int],
                head: int = 0, class_names: Sequence[str] | None = None) -> Figure:
-    """Four panels: attention GMACs per stage (training vs now), where the query looks in
-    ``stage``, the prediction, and which pixels' class changed against the training ratios."""
+    """Four panels, two by two: attention GMACs per stage (training vs now) and where the
+    query looks in ``stage``; the prediction, and which pixels' class changed against the
+    training ratios."""
     img = as_image(image)
     if stage not in result.records:
         raise ValueError(f"unknown stage {stage!r}; choose one of {list(result.records)}")
     # a fixed layout: the constrained layout engine would double the drawing time of an update
-    fig = Figure(figsize=(15, 4.1))
-    fig.subplots_adjust(left=0.045, right=0.99, bottom=0.2, top=0.85, wspace=0.28)
-    ax_bar, ax_att, ax_pred, ax_diff = fig.subplots(1, 4, gridspec_kw={"width_ratios": [1.25, 1, 1, 1]})
+    fig = style.figure(9.8, 7.6, layout=None)
+    fig.subplots_adjust(left=0.08, right=0.97, bottom=0.1, top=0.91, wspace=0.3, hspace=0.38)
+    (ax_bar, ax_att), (ax_pred, ax_diff) = fig.subplots(2, 2)
 
     labels = list(result.stage_gmacs)
     pos = np.arange(len(labels))
@@ -240,17 +242,19 @@ def isr_figure(image, result: SettingResult, reference: SettingResult, stage: st
     now = [1e3 * result.stage_gmacs[s] for s in labels]
     ax_bar.bar(pos - 0.2, ref, 0.4, color="0.7", label="training ratios")
     ax_bar.bar(pos + 0.2, now, 0.4, color="tab:orange", label="now")
-    ax_bar.set_xticks(pos, labels, fontsize=8)
+    ax_bar.set_xticks(pos, labels, fontsize=style.SMALL)
     ax_bar.set_ylabel("attention MMACs")
     ax_bar.set_title(f"attention cost per stage\nmodel total {_fmt(result.gmacs)} GMACs "
-                     f"(training ratios: {_fmt(reference.gmacs)})", fontsize=10)
-    ax_bar.legend(fontsize=8)
+                     f"(training ratios: {_fmt(reference.gmacs)})", fontsize=style.NORMAL)
+    ax_bar.legend(fontsize=style.SMALL)
 
     record = result.records[stage]
     head = min(head, record.probs.shape[1] - 1)
     heat = draw_attention(ax_att, img, record, query, head)
     kh, kw = record.k_hw
-    ax_att.set_title(f"{stage}, head {head}: R = {result.stage_ratios[stage]}, {kh}×{kw} keys", fontsize=10)
+    r = result.stage_ratios[stage]
+    ax_att.set_title(f"where the query looks: {stage}, head {head}\n"
+                     f"r = {r} (R = r² = {r * r}), {kh}×{kw} keys", fontsize=style.NORMAL)
     fig.colorbar(heat, ax=ax_att, shrink=0.8, label="attention weight")
 
     if class_names is not None:
@@ -265,27 +269,23 @@ def isr_figure(image, result: SettingResult, reference: SettingResult, stage: st
         rgba[result.labels == 0, 3] = 0.0  # background left uncoloured
     ax_pred.imshow(img)
     ax_pred.imshow(rgba, interpolation="nearest")
-    ax_pred.set_title("prediction now", fontsize=10)
+    ax_pred.set_title("prediction now", fontsize=style.NORMAL)
     changed = result.labels != reference.labels
     ax_diff.imshow(img * 0.35 + 0.65)
     overlay = np.zeros(changed.shape + (4,), np.float32)
     overlay[changed] = (0.9, 0.05, 0.05, 0.9)
     ax_diff.imshow(overlay, interpolation="nearest")
-    ax_diff.set_title(f"class changed vs training ratios (red):\n{100 * changed.mean():.1f} % of pixels", fontsize=10)
+    ax_diff.set_title(f"class changed vs training ratios (red):\n{100 * changed.mean():.1f} % of pixels",
+                      fontsize=style.NORMAL)
     for ax in (ax_pred, ax_diff):
         ax.set_xticks([])
         ax.set_yticks([])
     if class_names is not None:
         handles = [Patch(color=colors[i], label=name) for i, name in enumerate(class_names)
                    if not (i == 0 and name.lower() == "background")]
-        ax_pred.legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(0, -0.2), ncol=2, frameon=False)
+        ax_pred.legend(handles=handles, fontsize=style.SMALL, loc="center right", bbox_to_anchor=(-0.04, 0.5),
+                       frameon=False)
     return fig
-
-
-def _png(fig: Figure) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=72)
-    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------- the widget
@@ -466,7 +466,8 @@ class ISRExplorer:
         self.table.value = stage_table_html(self.result, self.reference)
         self.figure = isr_figure(self.image, self.result, self.reference, self.stage.value,
                                  (self.y.value, self.x.value), self.head.value, self.class_names)
-        self.view.value = _png(self.figure)
+        style.show_png(self.view, self.figure)
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        # the widget, and a picture of its current state for a reader without a kernel
+        return style.widget_bundle(self.widget, self.figure, **kwargs)

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 
 from matplotlib.figure import Figure
 
+from segviz.viz import style
+
 
 def _columns(rows: Sequence[Mapping], columns: Sequence[str] | None) -> list[str]:
     if not rows:
@@ -66,7 +68,8 @@ def draw_table(ax, rows: Sequence[Mapping], columns: Sequence[str] | None = None
     table = ax.table(cellText=[[_cell(r[c], float_format) for c in cols] for r in rows], colLabels=cols,
                      loc="center", cellLoc="center")
     table.auto_set_font_size(False)
-    table.set_fontsize(10)
+    table.set_fontsize(style.SMALL)
+    table.auto_set_column_width(list(range(len(cols))))
     table.scale(1.0, 1.35)
     for (row, _), cell in table.get_celld().items():
         if row == 0:
@@ -75,11 +78,12 @@ def draw_table(ax, rows: Sequence[Mapping], columns: Sequence[str] | None = None
     return table
 
 
+@style.styled
 def table_figure(rows: Sequence[Mapping], columns: Sequence[str] | None = None, *, title: str | None = None,
                  float_format: str = "{:.2f}") -> Figure:
     """The rows as a standalone figure."""
     cols = _columns(rows, columns)
-    fig = Figure(figsize=(max(1.45 * len(cols), 5), 0.3 * (len(rows) + 1) + 0.6), layout="constrained")
+    fig = style.figure(max(1.2 * len(cols), 5), 0.3 * (len(rows) + 1) + 0.6, clamp="width")
     draw_table(fig.subplots(), rows, cols, float_format=float_format)
     if title:
         fig.suptitle(title)
@@ -101,10 +105,10 @@ def shape_rows(features: Mapping[str, object], input_hw: tuple[int, int]) -> lis
 
 def attention_cost_rows(input_hw: tuple[int, int] = (512, 512), strides: Sequence[int] = (4, 8, 16, 32),
                         sr_ratios: Sequence[int] = (8, 4, 2, 1), dims: Sequence[int] | None = None) -> list[dict]:
-    """Self-attention cost per stage, full (N²) versus spatially reduced (N²/R, R = sr²).
+    """Self-attention cost per stage, full (N²) versus spatially reduced (N²/R, R = r²).
 
-    N = (H/stride)·(W/stride) query tokens; the keys are the map shrunk by sr per side, so
-    N/R keys with R = sr² (rounded down per side, as the reduction conv does). With
+    N = (H/stride)·(W/stride) query tokens; the keys are the map shrunk by r = ``sr_ratios[i]``
+    per side, so N/R keys with R = r² (rounded down per side, as the reduction conv does). With
     ``dims`` (C per stage) two more columns give the GMACs of one attention layer,
     q kᵀ plus probs·v: 2·N·Nk·C.
     """
@@ -117,7 +121,7 @@ def attention_cost_rows(input_hw: tuple[int, int] = (512, 512), strides: Sequenc
     for i, (stride, sr) in enumerate(zip(strides, sr_ratios)):
         h, w = -(-input_hw[0] // stride), -(-input_hw[1] // stride)
         n, nk = h * w, (h // sr) * (w // sr)
-        row = {"stage": i + 1, "tokens N": n, "sr": sr, "R = sr²": sr * sr, "keys N/R": nk,
+        row = {"stage": i + 1, "tokens N": n, "r": sr, "R = r²": sr * sr, "keys N/R": nk,
                "pairs N²": n * n, "pairs N²/R": n * nk}
         if dims is not None:
             row["attn GMACs (N²)"] = round(2 * n * n * dims[i] / 1e9, 3)

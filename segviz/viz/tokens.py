@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
+from segviz.viz import style
 from segviz.viz.arrays import as_image, as_map, as_plane, robust_unit
 from segviz.viz.overlays import class_colors
 from segviz.viz.tables import draw_table, shape_rows
@@ -84,6 +85,7 @@ def _check_stages(features) -> dict[str, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- pyramid and PCA
+@style.styled
 def token_pyramid(features: Mapping[str, object], image) -> Figure:
     """The encoder's token pyramid: each stage's map drawn at its own size, plus a shape table.
 
@@ -101,7 +103,7 @@ def token_pyramid(features: Mapping[str, object], image) -> Figure:
     gap = max(max(m.shape[2] for m in maps.values()) // 5, 2)
     total_w = sum(m.shape[2] for m in maps.values()) + gap * (len(maps) - 1)
     top = max(m.shape[1] for m in maps.values())
-    fig = Figure(figsize=(12, 5.8), layout="constrained")
+    fig = style.figure(12, 5.8)
     grid = fig.add_gridspec(2, 2, height_ratios=[3.2, 1.3], width_ratios=[1, total_w / top])
     ax = fig.add_subplot(grid[0, 0])
     ax.imshow(img)
@@ -129,28 +131,39 @@ def token_pyramid(features: Mapping[str, object], image) -> Figure:
     return fig
 
 
+@style.styled
 def stage_pca(features: Mapping[str, object], image) -> Figure:
     """Each stage's tokens as colours: a PCA per stage to 3 components shown as RGB.
 
     Tokens that the stage represents alike get alike colours; all maps are stretched over
-    the photo's extent so regions line up.
+    the photo's extent so regions line up. Up to three stages stand in one row next to the
+    photo; more fill two rows beside a larger photo.
     """
     maps = _check_stages(features)
     img = as_image(image)
-    fig = Figure(figsize=(3.0 * (len(maps) + 1), 3.6), layout="constrained")
-    axes = fig.subplots(1, len(maps) + 1)
+    n = len(maps)
+    if n <= 3:
+        fig = style.figure(2.6 * (n + 1), 3.2)
+        grid = fig.add_gridspec(1, n + 1)
+        axes = [fig.add_subplot(grid[0, 0])] + [fig.add_subplot(grid[0, i + 1]) for i in range(n)]
+    else:
+        cols = -(-n // 2)
+        fig = style.figure(2.6 * (cols + 2), 5.6)
+        grid = fig.add_gridspec(2, cols + 1, width_ratios=[2] + [1] * cols)
+        axes = [fig.add_subplot(grid[:, 0])] + [fig.add_subplot(grid[i // cols, 1 + i % cols]) for i in range(n)]
     axes[0].imshow(img)
     axes[0].set_title("input")
     _clean(axes[0])
     for ax, (label, m), rgb in zip(axes[1:], maps.items(), pca_rgb(list(maps.values()))):
         _on_photo(ax, rgb, img.shape[:2])
-        ax.set_title(f"{label}: {m.shape[1]}×{m.shape[2]} tokens\nC = {m.shape[0]} → 3 (PCA)", fontsize=10)
+        ax.set_title(f"{label}: {m.shape[1]}×{m.shape[2]} tokens\nC = {m.shape[0]} → 3 (PCA)", fontsize=style.SMALL)
         _clean(ax)
-    fig.suptitle("PCA of each stage's embeddings as RGB (one PCA per stage; same colour = similar token)")
+    fig.suptitle("PCA of each stage's embeddings as RGB\n(one PCA per stage; same colour = similar token)")
     return fig
 
 
 # --------------------------------------------------------------------------- decoder
+@style.styled
 def decoder_steps(projected: Sequence, upsampled: Sequence, fused, logits,
                   class_names: Sequence[str] | None = None) -> Figure:
     """The All-MLP decoder's four steps as maps.
@@ -178,7 +191,7 @@ def decoder_steps(projected: Sequence, upsampled: Sequence, fused, logits,
     if len(names) != k:
         raise ValueError(f"{k} logit channels but {len(names)} class names")
     cols = max(len(proj), 4)
-    fig = Figure(figsize=(2.7 * cols, 8.6), layout="constrained")
+    fig = style.figure(2.7 * cols, 8.6)
     axes = fig.subplots(3, cols, squeeze=False)
     colours = pca_rgb(proj + ups, joint=True)
     hw = ups[0].shape[1:]
@@ -196,7 +209,7 @@ def decoder_steps(projected: Sequence, upsampled: Sequence, fused, logits,
     _on_photo(axes[2, 1], colors[winner], hw)
     axes[2, 1].set_title(f"step 4: 1×1 classifier → {k} logits\nargmax per token", fontsize=10)
     axes[2, 1].legend(handles=[Patch(facecolor=colors[c], label=names[c]) for c in np.unique(winner)],
-                      loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=2, fontsize=8, frameon=False)
+                      loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=2, fontsize=style.SMALL, frameon=False)
     area = np.bincount(winner.ravel(), minlength=k)
     top = [int(c) for c in np.argsort(-area, kind="stable") if names[c].lower() != "background"][: cols - 2]
     for j, c in enumerate(top):
@@ -209,7 +222,7 @@ def decoder_steps(projected: Sequence, upsampled: Sequence, fused, logits,
         _clean(ax)
         if not ax.images:
             ax.set_axis_off()
-    fig.suptitle("All-MLP decoder, step by step (rows 1-2: one shared PCA → RGB, equal colour = equal feature)")
+    fig.suptitle("All-MLP decoder, step by step\n(rows 1-2: one shared PCA → RGB, equal colour = equal feature)")
     return fig
 
 
@@ -232,6 +245,7 @@ def deviation_from_centre(features) -> np.ndarray:
     return np.linalg.norm(m - centre, axis=0)
 
 
+@style.styled
 def padding_leak(maps: Mapping[str, object], *, ring: int = 1) -> Figure:
     """Deviation maps (e.g. from :func:`deviation_from_centre`) with the border ring outlined.
 
@@ -242,8 +256,11 @@ def padding_leak(maps: Mapping[str, object], *, ring: int = 1) -> Figure:
     if not isinstance(maps, Mapping) or not maps:
         raise ValueError("maps must be a non-empty mapping: panel title -> (h, w) map")
     planes = {label: as_plane(m) for label, m in maps.items()}
-    fig = Figure(figsize=(3.6 * len(planes), 3.9), layout="constrained")
-    axes = fig.subplots(1, len(planes), squeeze=False)[0]
+    cols = len(planes) if len(planes) <= 3 else -(-len(planes) // 2)
+    rows = -(-len(planes) // cols)
+    fig = style.figure(3.4 * cols, 3.4 * rows + 0.5)
+    grid = fig.add_gridspec(rows, cols)
+    axes = [fig.add_subplot(grid[i // cols, i % cols]) for i in range(len(planes))]
     for ax, (label, plane) in zip(axes, planes.items()):
         h, w = plane.shape
         border = np.ones_like(plane, dtype=bool)
@@ -253,7 +270,7 @@ def padding_leak(maps: Mapping[str, object], *, ring: int = 1) -> Figure:
         ax.add_patch(Rectangle((ring - 0.5, ring - 0.5), w - 2 * ring, h - 2 * ring, fill=False,
                                edgecolor="white", ls="--", lw=1.2))
         ax.set_title(f"{label}\nborder ring mean {plane[border].mean():.3g} · "
-                     f"interior {inner.mean() if inner.size else float('nan'):.3g}", fontsize=10)
+                     f"interior {inner.mean() if inner.size else float('nan'):.3g}", fontsize=style.SMALL)
         ax.set_xlabel(f"{w} tokens")
         ax.set_ylabel(f"{h} tokens")
         _clean(ax)

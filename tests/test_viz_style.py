@@ -1,0 +1,163 @@
+"""Every public figure of segviz.viz follows segviz.viz.style: at most 10 inches wide as displayed
+(at 100 dpi) and no text under 9 pt. Each figure is also saved under test-output/figures/ to be looked at.
+"""
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.text import Text
+
+import segviz
+from segviz import viz
+from segviz.data import CLASSES, Shapes
+from segviz.nn.recording import AttentionRecord
+from segviz.viz import style
+
+OUT = pathlib.Path(__file__).resolve().parents[1] / "test-output" / "figures"
+H = W = 64
+
+
+def photo():
+    y, x = np.mgrid[0:H, 0:W]
+    return np.stack([x * 4, y * 4, (x + y) * 2], -1).clip(0, 255).astype(np.uint8)
+
+
+def record(q_hw=(16, 16), sr=4, heads=2):
+    kh, kw = q_hw[0] // sr, q_hw[1] // sr
+    probs = torch.softmax(torch.randn(1, heads, q_hw[0] * q_hw[1], kh * kw, generator=torch.Generator().manual_seed(0)), -1)
+    return AttentionRecord(probs, q_hw, (kh, kw))
+
+
+def stage_maps(channels=(4, 8, 16, 32)):
+    g = torch.Generator().manual_seed(0)
+    return {f"stage {i + 1}": torch.randn(1, c, H // 4 >> i, W // 4 >> i, generator=g) for i, c in enumerate(channels)}
+
+
+def four_stages():
+    return {f"stage {i + 1}": record((16 >> i, 16 >> i), max(4 >> i, 1), heads) for i, heads in enumerate((1, 2, 5, 8))}
+
+
+def decoder_inputs():
+    g = torch.Generator().manual_seed(1)
+    projected = [torch.randn(1, 6, 16 >> i, 16 >> i, generator=g) for i in range(4)]
+    upsampled = [torch.nn.functional.interpolate(p, size=(16, 16), mode="bilinear") for p in projected]
+    logits = torch.randn(1, 5, 16, 16, generator=g)
+    return projected, upsampled, torch.randn(1, 6, 16, 16, generator=g), logits, CLASSES
+
+
+def leaks(n=5):
+    g = torch.Generator().manual_seed(2)
+    return {f"stage {i + 1}, flat grey photo" if i else "one Mix-FFN, identical tokens":
+            viz.deviation_from_centre(torch.randn(1, 4, 16 >> (i // 2), 16 >> (i // 2), generator=g)) for i in range(n)}
+
+
+@pytest.fixture(scope="module")
+def eda():
+    torch.manual_seed(0)
+    return segviz.create_model("edaformer-nano").eval()
+
+
+def _isr_figure(eda):
+    from segviz.viz.isr_explorer import PAPER_PRESETS, evaluate_setting, isr_figure
+
+    data = Shapes(2, size=64, seed=5)
+    x = data[0][0][None]
+    ref = evaluate_setting(eda, x, {}, eval_set=data)
+    now = evaluate_setting(eda, x, PAPER_PRESETS["paper: enc [16,8,2,1], dec [2,4,8]"], eval_set=data)
+    return isr_figure(data.array(0), now, ref, "enc 1", (32, 32), class_names=CLASSES)
+
+
+def _diagram(eda):
+    from segviz.viz.edaformer_diagram import decoder_diagram
+
+    return decoder_diagram(eda, (256, 256))
+
+
+# the lead is rewriting these (issue 7, section 1); they follow the style once it lands
+LEADS = pytest.mark.xfail(reason="attention drawing functions are being rewritten to use segviz.viz.style",
+                          strict=False)
+
+FIGURES = {
+    "patch_figure": lambda: viz.patch_figure(photo(), at=(30, 30)),
+    "prediction_overlay": lambda: viz.prediction_overlay(photo(), torch.randn(1, 5, 16, 16), CLASSES, title="segformer-nano on a 64×64 photo"),
+    "prediction_panels_3": lambda: viz.prediction_panels(
+        [(photo(), torch.randn(1, 5, 16, 16), "held-out Shapes image 3: truth"), (photo(), torch.randn(1, 5, 16, 16), "its prediction"),
+         (photo(), torch.randn(1, 5, 16, 16), "a photo the model never saw")], CLASSES),
+    "prediction_panels_2_sizes": lambda: viz.prediction_panels(
+        [(photo(), torch.randn(1, 5, 16, 16), "256×256 input"), (np.repeat(np.repeat(photo(), 2, 0), 2, 1)[:100, :100], torch.randn(1, 5, 25, 25), "400×400 input")], CLASSES),
+    "prediction_panels_5": lambda: viz.prediction_panels([(photo(), torch.randn(1, 5, 16, 16), f"panel {i}") for i in range(5)], CLASSES),
+    "token_pyramid": lambda: viz.token_pyramid(stage_maps(), photo()),
+    "stage_pca_4": lambda: viz.stage_pca(stage_maps(), photo()),
+    "stage_pca_3": lambda: viz.stage_pca({f"decoder stage {s}": m for s, m in zip((4, 3, 2), list(stage_maps((8, 8, 8)).values())[::-1])}, photo()),
+    "decoder_steps": lambda: viz.decoder_steps(*decoder_inputs()),
+    "padding_leak_5": lambda: viz.padding_leak(leaks(5)),
+    "padding_leak_1": lambda: viz.padding_leak(leaks(1)),
+    "table_figure": lambda: viz.table_figure(viz.attention_cost_rows((512, 512), dims=(32, 64, 160, 256)), title="attention cost"),
+    "plot_shapes": lambda: viz.plot_shapes(Shapes(4, size=64, seed=0), [0, 1, 2, 3]),
+    "attention_overlay": lambda: viz.attention_overlay(photo(), record(), (10, 50), title="stage 1"),
+    "attention_grid": lambda: viz.attention_grid(photo(), four_stages(), (10, 50)),
+    "attention_grid_4_heads": lambda: viz.attention_grid(photo(), four_stages(), (10, 50), heads=[0, 1, 2, 3]),
+}
+LEAD_OWNED = {"attention_overlay", "attention_grid", "attention_grid_4_heads"}
+
+
+def _params():
+    for name, make in FIGURES.items():
+        yield pytest.param(name, make, id=name, marks=[LEADS] if name in LEAD_OWNED else [])
+
+
+def _assert_style(name, fig):
+    OUT.mkdir(parents=True, exist_ok=True)
+    fig.savefig(OUT / f"{name}.png", dpi=fig.dpi, bbox_inches="tight")  # as a notebook shows it
+    width, _ = fig.get_size_inches() * fig.dpi / style.DPI
+    assert width <= style.MAX_WIDTH + 1e-6, f"{name}: {width:.2f} in wide"
+    shown, _ = style.displayed_size(fig)
+    assert shown <= style.MAX_WIDTH + 0.05, f"{name}: displayed {shown:.2f} in wide (something is drawn outside)"
+    small = [(t.get_text(), t.get_fontsize()) for t in fig.findobj(Text)
+             if t.get_visible() and t.get_text().strip() and t.get_fontsize() < style.MIN_FONT]
+    assert not small, f"{name}: text under {style.MIN_FONT} pt: {small}"
+    assert style.check(fig) == []
+
+
+@pytest.mark.parametrize(("name", "make"), list(_params()))
+def test_figure_follows_the_style(name, make):
+    _assert_style(name, make())
+
+
+def test_isr_figure_follows_the_style(eda):
+    _assert_style("isr_figure", _isr_figure(eda))
+
+
+def test_decoder_diagram_follows_the_style(eda):
+    _assert_style("decoder_diagram", _diagram(eda))
+
+
+def test_style_helpers():
+    fig = style.figure(19.6, 4)
+    assert tuple(fig.get_size_inches()) == pytest.approx((9.8, 2)) and fig.dpi == style.DPI
+    assert tuple(style.figure(20, 4, clamp="width").get_size_inches()) == pytest.approx((9.8, 4))
+    ax = fig.subplots()
+    ax.set_title("tiny", fontsize=6)
+    assert any("tiny" in p for p in style.check(fig))
+    png = style.png_bytes(fig)
+    assert png.startswith(b"\x89PNG")
+    assert int.from_bytes(png[16:20], "big") == 2 * style.display_width(fig) == 1960  # rendered at 2x
+    with style.rc():
+        assert matplotlib.rcParams["xtick.labelsize"] >= style.MIN_FONT
+    with pytest.raises(ValueError):
+        style.figure(0, 3)
+
+
+def test_explorer_shows_sharp_png_and_a_static_fallback():
+    explorer = viz.AttentionExplorer(photo(), four_stages(), query=(10, 50))
+    png = bytes(explorer.view.value)
+    assert int(explorer.view.width) == style.display_width(explorer.figure)
+    assert int.from_bytes(png[16:20], "big") == 2 * int(explorer.view.width)   # 2x pixels, shown at 1x
+    data, metadata = explorer._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in data and data["image/png"]
+    assert metadata["image/png"]["width"] == int(explorer.view.width)
