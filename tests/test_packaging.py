@@ -46,3 +46,21 @@ def test_make_lab_serves_the_notebooks_folder():
     line = next(l for l in dry.splitlines() if "jupyter lab" in l)
     assert "--ServerApp.root_dir=notebooks" in line
     assert ("--allow-root" in line) == (os.geteuid() == 0)  # jupyter refuses root without it
+
+
+def test_make_notebooks_reexecutes_from_the_paired_sources_and_make_test_runs_nbval():
+    import subprocess
+
+    def dry(target):
+        return subprocess.run(["make", "-n", "-W", ".venv/.notebook-installed", "-W", ".venv/.test-installed", target],
+                              cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+    notebooks = dry("notebooks")
+    assert "jupytext --sync" in notebooks and "nbconvert --to notebook --execute --inplace" in notebooks
+    for source in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py")):
+        assert f"notebooks/{source.name}" in notebooks and f"notebooks/{source.stem}.ipynb" in notebooks
+    test = dry("test")
+    assert "pytest tests" in test and "--nbval-lax --nbval-current-env" in test and "nbconvert" not in test
+    assert "export MPLBACKEND := Agg" in (ROOT / "Makefile").read_text()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "jupytext" in {_name(r) for r in project["optional-dependencies"]["notebook"]}

@@ -156,9 +156,11 @@ def show_png(image_widget, fig: Figure, scale: float = EXPLORER_SCALE) -> None:
     image_widget.width = str(display_width(fig))
 
 
-def static_bundle(fig: Figure, scale: float = EXPLORER_SCALE) -> tuple[dict, dict]:
+def static_bundle(fig: Figure, scale: float = 1) -> tuple[dict, dict]:
     """(data, metadata) of an ``image/png`` display of ``fig`` at 1x width: the picture a saved
-    notebook or a repository browser shows in place of a widget it cannot run."""
+    notebook or a repository browser shows in place of a widget it cannot run. Rendered at 1x
+    by default, like the notebooks' other figures: the saved notebook already holds the
+    widget's own 2x picture in its widget state."""
     data = {"image/png": base64.b64encode(png_bytes(fig, scale)).decode("ascii")}
     width, height = fig.get_size_inches() * fig.dpi
     return data, {"image/png": {"width": int(round(width)), "height": int(round(height))}}
