@@ -5,21 +5,42 @@
         model(x)
     rec.attention["encoder.stages.0.blocks.0.attn"].probs   # (B, heads, Nq, Nk)
     segviz.flops(model, (1, 3, 512, 512)).total             # GMACs (the papers' "GFLOPs")
-"""
-import torch
 
-from segviz import data
-from segviz.inspect import capture, count_params, flops, summary
-from segviz.inspect.isr import isr, set_isr
-from segviz.registry import create_model, list_models
-from segviz.training import miou, train
+The public names below are imported on first use, so ``import segviz.nn`` (or any lower
+layer) loads only that layer: the arrows between layers point one way (nn -> models ->
+inspect -> training -> viz), and tests/test_layering.py keeps them so.
+"""
+import importlib
 
 __version__ = "0.1.0"
 
+# public name -> the module that defines it
+_PUBLIC = {
+    "data": "segviz.data",
+    "device": "segviz.nn.layers",
+    "inference_state": "segviz.nn.settings",
+    "create_model": "segviz.registry",
+    "list_models": "segviz.registry",
+    "capture": "segviz.inspect.capture",
+    "count_params": "segviz.inspect.costs",
+    "flops": "segviz.inspect.costs",
+    "summary": "segviz.inspect.costs",
+    "isr": "segviz.inspect.isr",
+    "set_isr": "segviz.inspect.isr",
+    "miou": "segviz.training",
+    "train": "segviz.training",
+}
+__all__ = sorted(_PUBLIC)
 
-def device() -> torch.device:
-    """``cuda`` when a GPU is available, else ``cpu``."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'segviz' has no attribute {name!r}")
+    module = importlib.import_module(_PUBLIC[name])
+    value = module if name == "data" else getattr(module, name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
 
 
-__all__ = ["data", "capture", "count_params", "create_model", "device", "flops", "isr", "list_models", "miou", "set_isr", "summary", "train"]
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

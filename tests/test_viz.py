@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 from matplotlib.patches import Rectangle
+import matplotlib.colors as mcolors
 
-from segviz.inspect.recording import AttentionRecord
+from segviz.nn.recording import AttentionRecord
+from segviz.viz.overlays import QUERY_COLOR
 from segviz.viz import (
     AttentionExplorer,
     attention_cost_rows,
@@ -112,7 +114,7 @@ def test_attention_overlay_draws_the_key_grid_over_the_photo(photo):
     bar = fig.axes[1]
     assert [l.get_ydata()[0] for l in bar.lines] == [pytest.approx(1 / 16)]
     assert "uniform, 1/16" in bar.get_ylabel()
-    assert "sr = 4, R = sr² = 16" in ax.get_title() and "stage 2" in ax.get_title()
+    assert "r = 4, R = r² = 16" in ax.get_title() and "stage 2" in ax.get_title()
     # key grid: 5 horizontal + 5 vertical white lines; then the sr-1 token lines each way in the query's cell
     white = [l for l in ax.lines if l.get_color() == "white"]
     assert len(white) == 10
@@ -275,3 +277,62 @@ def test_attention_explorer_redraws_from_records_when_controls_change(photo):
     assert "x=3" in explorer.figure.axes[0].get_title() and bytes(explorer.view.value) != first_png
     explorer.stage.value = "stage 1"  # fewer heads: head snaps back into range
     assert explorer.head.value == 0 and explorer.head.max == 0
+
+
+# --------------------------------------------------------------------------- one drawing function, every record kind
+def _window_record(hw=(16, 16)):
+    from segviz.nn.recording import WindowAttentionRecord
+
+    probs = torch.rand(16, 2, 16, 16).softmax(-1)  # 16 windows of 4x4 (a 14x14 map is padded to 16x16)
+    return WindowAttentionRecord(probs, window=4, feature_hw=hw, shift=2)
+
+
+def test_attention_overlay_draws_window_attention_inside_the_query_window_only():
+    record = _window_record()
+    fig = attention_overlay(np.zeros((64, 64, 3)), record, (2, 2), head=1)  # pixel (2, 2) -> token (0, 0)
+    ax = fig.axes[0]
+    heat = ax.images[1]
+    assert heat.get_array().shape == (16, 16)
+    amap = np.asarray(heat.get_array())
+    assert (amap[:, 2:14] == 0).all() and (amap[2:14, :] == 0).all()  # zero outside the wrapped window
+    # the cyclic shift wrapped the window around both edges: rows 0-1 and 14-15 times columns 0-1 and 14-15
+    cyan = [r for r in ax.patches if tuple(r.get_edgecolor()[:3]) == pytest.approx(mcolors.to_rgb(QUERY_COLOR))]
+    assert len(cyan) == 4 + 1  # four window pieces and the query token
+    # a 14x14 map padded to 16: the wrapped part falls in the padding and is not drawn
+    padded = _window_record((14, 14))
+    assert padded.padding == (2, 2)
+    ax = attention_overlay(np.zeros((56, 56, 3)), padded, (2, 2)).axes[0]
+    assert ax.images[1].get_array().shape == (14, 14)
+    cyan = [r for r in ax.patches if tuple(r.get_edgecolor()[:3]) == pytest.approx(mcolors.to_rgb(QUERY_COLOR))]
+    assert len(cyan) == 1 + 1
+    assert "4×4 windows, shifted by 2" in ax.get_title()
+    assert "1/" in fig.axes[1].get_ylabel()
+
+
+def test_attention_overlay_draws_sampling_points_and_masked_attention():
+    from segviz.nn.recording import MaskedAttentionRecord, SamplingRecord
+
+    locs = torch.rand(1, 3, 2, 2, 4, 2)
+    weights = torch.rand(1, 3, 2, 2, 4).reshape(1, 3, 2, 8).softmax(-1).reshape(1, 3, 2, 2, 4)
+    sampling = SamplingRecord(locs, weights, [(8, 8), (4, 4)], reference_points=torch.rand(1, 3, 2, 2))
+    fig = attention_overlay(np.zeros((32, 32, 3)), sampling, 1)
+    ax = fig.axes[0]
+    assert len(ax.collections) == 2  # one scatter per level
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["level 0 (8×8)", "level 1 (4×4)"]
+    with pytest.raises(ValueError, match="object queries"):
+        attention_overlay(np.zeros((32, 32, 3)), sampling, (3, 4))
+
+    mask = torch.zeros(1, 1, 2, 16, dtype=torch.bool)
+    mask[..., 8:] = True
+    masked = MaskedAttentionRecord(torch.rand(1, 2, 2, 16).softmax(-1), mask, (4, 4))
+    fig = attention_overlay(np.zeros((32, 32, 3)), masked, 0)
+    shade = np.asarray(fig.axes[0].images[-1].get_array())
+    assert (shade[2:, :, 3] > 0).all() and (shade[:2, :, 3] == 0).all()  # grey over the blocked half
+    assert "uniform, 1/8" in fig.axes[1].get_ylabel()  # 8 pixels left open
+
+
+def test_attention_grid_mixes_record_kinds_and_refuses_what_it_cannot_draw():
+    fig = attention_grid(np.zeros((56, 56, 3)), {"W-MSA": _window_record(), "SW-MSA": _window_record()}, (30, 30))
+    assert len(fig.axes) == 2 * 2 + 2
+    with pytest.raises(ValueError, match="expected an attention or sampling record"):
+        attention_overlay(np.zeros((8, 8, 3)), torch.rand(1, 1, 4, 4), (0, 0))

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from segviz.inspect import recording
+from segviz.nn import recording
 from segviz.nn import attention, map_to_tokens, tokens_to_map
 
 

@@ -1,7 +1,7 @@
 """Looking inside a model: recording (capture), costs (flops, summary), inference spatial reduction."""
 from segviz.inspect.capture import Recorder, capture
 from segviz.inspect.costs import FlopReport, Summary, count_params, flops, summary
-from segviz.inspect.recording import AttentionRecord, FeatureRecord, register_kind
+from segviz.nn.recording import AttentionRecord, FeatureRecord, register_kind
 
 __all__ = [
     "Recorder", "capture", "FlopReport", "Summary", "count_params", "flops", "summary",

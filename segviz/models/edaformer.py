@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segviz.inspect import recording
+from segviz.nn import recording
 from segviz.models.segformer import MiTStage, MixFFN, OverlapPatchEmbed, init_official
 from segviz.nn import ConvBNReLU, DropPath, SpatialReductionAttention, attention, drop_path_rates
 from segviz.nn import FeaturePyramid, map_to_tokens, tokens_to_map

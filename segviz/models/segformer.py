@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segviz.inspect import recording
+from segviz.nn import recording
 from segviz.models.segformer_weights import read_segformer_checkpoint
 from segviz.nn.attention import attention
 from segviz.nn.layers import ConvBNReLU, DropPath, FeaturePyramid, drop_path_rates, map_to_tokens, tokens_to_map

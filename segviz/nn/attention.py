@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segviz.inspect import recording
+from segviz.nn import recording
 
 _explicit_depth = 0
 
@@ -45,9 +45,8 @@ def attention(
     bias: Tensor | None = None,
     scale: float | None = None,
     module: nn.Module | None = None,
-    q_hw: tuple[int, int] | None = None,
-    k_hw: tuple[int, int] | None = None,
-    **record_extra,
+    kind: str = "attention",
+    **record_fields,
 ) -> Tensor:
     """softmax(q kᵀ · scale + bias) v, recorded under ``module``'s name when capturing.
 
@@ -56,8 +55,12 @@ def attention(
         bias: additive term broadcastable to (B, heads, Nq, Nk), or None.
         scale: defaults to 1 / sqrt(d).
         module: the calling block; its qualified name is the record's key.
-        q_hw, k_hw: the query / key grid sizes, so a record can be drawn on the image.
-        record_extra: further fields for the record (e.g. window layout and shift).
+        kind: the record kind (see :mod:`segviz.nn.recording`): ``"attention"`` (global or
+            spatial-reduction; fields ``q_hw``, ``k_hw``), ``"window_attention"`` (``window``,
+            ``feature_hw``, ``shift``), ``"masked_attention"`` (``mask``, ``k_hw``), ...
+        record_fields: the record's fields other than ``probs`` (which the kernel fills in).
+            They are checked against the kind's record type on every call, recording or not,
+            so a wrong field name fails the same way in and outside ``segviz.capture``.
 
     Returns:
         (B, heads, Nq, d)
@@ -72,8 +75,9 @@ def attention(
             f"attention shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}; "
             "k and v need the same length Nk, q and k the same head dim d"
         )
+    recording.check_fields(kind, record_fields, computed=("probs",))
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    wants_record = recording.wants(module, "attention")
+    wants_record = recording.wants(module, kind)
     if not wants_record and _explicit_depth == 0:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
 
@@ -82,7 +86,7 @@ def attention(
         logits = logits + bias
     probs = logits.softmax(dim=-1)
     if wants_record:
-        recording.emit(module, "attention", probs=probs, q_hw=q_hw, k_hw=k_hw, **record_extra)
+        recording.emit(module, kind, probs=probs, **record_fields)
     return probs @ v
 
 

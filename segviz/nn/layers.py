@@ -7,6 +7,11 @@ import torch
 from torch import Tensor, nn
 
 
+def device() -> torch.device:
+    """``cuda`` when a GPU is visible, else ``cpu`` (nothing in segviz hard-codes a device)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 class DropPath(nn.Module):
     """Stochastic depth (Huang et al. 2016): in training, drop a residual branch for a
     whole sample with probability ``p`` and rescale the kept ones by 1 / (1 - p).

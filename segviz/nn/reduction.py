@@ -23,10 +23,12 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segviz.nn.settings import InferenceSetting
+
 POOLS = ("avg", "max")
 
 
-class SpatialReductionAttention(nn.Module):
+class SpatialReductionAttention(InferenceSetting, nn.Module):
     def __init__(self, train_ratio: int):
         super().__init__()
         if not isinstance(train_ratio, int) or train_ratio < 1:
@@ -35,6 +37,10 @@ class SpatialReductionAttention(nn.Module):
         self.inference_ratio: int | None = None
         self.isr_role: tuple[str, int] | None = None
         self.isr_pool = "avg"
+
+    def inference_state(self) -> dict:
+        """The per-side ratio and the pooling in force (see :mod:`segviz.nn.settings`)."""
+        return {"ratio": self.ratio, "pool": self.isr_pool}
 
     @property
     def ratio(self) -> int:

@@ -13,7 +13,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from segviz.inspect.recording import AttentionRecord
+from segviz.nn.recording import AttentionRecord, MaskedAttentionRecord, SamplingRecord, WindowAttentionRecord
+from segviz.viz import style
 from segviz.viz.arrays import as_image, as_labels
 
 PATCH_COLORS = ("#ff3b30", "#34c759", "#0a84ff", "#ffcc00")
@@ -58,6 +59,7 @@ def _patch_boxes(ax, token_y, token_x, kernel, stride, padding, neighbours):
     return boxes
 
 
+@style.styled
 def patch_figure(image, *, overlap: tuple[int, int, int] = (7, 4, 3), vit: int = 16,
                  at: tuple[int, int] | None = None, neighbours: int = 2) -> Figure:
     """SegFormer's overlapping patches next to ViT's non-overlapping ones.
@@ -84,7 +86,7 @@ def patch_figure(image, *, overlap: tuple[int, int, int] = (7, 4, 3), vit: int =
     cy, cx = (h // 2, w // 2) if at is None else at
     if not (0 <= cy < h and 0 <= cx < w):
         raise ValueError(f"at={at} is outside the {h}x{w} image")
-    fig = Figure(figsize=(10, 9.6), layout="constrained")
+    fig = style.figure(10, 9.6)
     axes = fig.subplots(2, 2, gridspec_kw={"width_ratios": [1, 1]})
 
     def clamp(v, size, limit):
@@ -137,92 +139,260 @@ def patch_figure(image, *, overlap: tuple[int, int, int] = (7, 4, 3), vit: int =
 
 
 # --------------------------------------------------------------------------- attention
-def _query_token(record: AttentionRecord, query: tuple[int, int], image_hw: tuple[int, int]):
-    h, w = image_hw
-    y, x = query
-    if not (0 <= y < h and 0 <= x < w):
-        raise ValueError(f"query pixel {query} is outside the {h}x{w} image")
-    qh, qw = record.q_hw
-    return min(y * qh // h, qh - 1), min(x * qw // w, qw - 1)
+RECORD_TYPES = (AttentionRecord, WindowAttentionRecord, SamplingRecord, MaskedAttentionRecord)
+LEVEL_COLORS = ("#00e5ff", "#ffcc00", "#ff3b30", "#34c759")
 
 
-def _check_record(record) -> AttentionRecord:
-    if not isinstance(record, AttentionRecord):
-        raise ValueError(f"expected an AttentionRecord (from segviz.capture), got {type(record).__name__}")
-    if record.q_hw is None or record.k_hw is None:
+def _check_record(record):
+    if not isinstance(record, RECORD_TYPES):
+        names = ", ".join(t.__name__ for t in RECORD_TYPES)
+        raise ValueError(f"expected an attention or sampling record from segviz.capture ({names}), "
+                         f"got {type(record).__name__}")
+    if isinstance(record, AttentionRecord) and (record.q_hw is None or record.k_hw is None):
         raise ValueError("this attention record has no grid sizes (q_hw, k_hw); it cannot be drawn on the image")
     return record
 
 
+def _pixel_queries(record) -> bool:
+    """Are the record's queries pixels of a map (given as (y, x)) rather than object queries (an index)?"""
+    return not isinstance(record, MaskedAttentionRecord) and getattr(record, "q_hw", None) is not None
+
+
+def _query_of(record, query, image_hw):
+    """The record's own query from what the caller gave: a pixel (y, x) for pixel queries, an index
+    for object queries."""
+    if _pixel_queries(record):
+        if isinstance(query, (int, np.integer)):
+            raise ValueError(f"{type(record).__name__} has pixel queries: give the query as a (y, x) pixel")
+        return record.query_token(tuple(query), image_hw)
+    if not isinstance(query, (int, np.integer)):
+        raise ValueError(f"{type(record).__name__} has object queries: give the query as an index, got {query!r}")
+    return int(query)
+
+
 def reduction_of(record: AttentionRecord) -> int:
-    """The per-side reduction ``sr`` of a record: query grid side / key grid side."""
+    """The per-side reduction r of a record: query grid side / key grid side."""
     return max(record.q_hw[0] // record.k_hw[0], 1)
 
 
-def draw_attention(ax, img, record, query, head, vmin=None, vmax=None):
-    """Photo + the query's attention over the key grid; returns the heat-map artist."""
-    h, w = img.shape[:2]
-    qh, qw = record.q_hw
-    kh, kw = record.k_hw
-    ty, tx = _query_token(record, query, (h, w))
-    amap = record.map_for((ty, tx), head=head).detach().float().cpu().numpy()
-    sr = reduction_of(record)
-    tok_h, tok_w = h / qh, w / qw           # pixels per query token
-    cell_h, cell_w = sr * tok_h, sr * tok_w  # pixels per key cell
-    grid_h, grid_w = kh * cell_h, kw * cell_w
+def _photo(ax, img):
     ax.imshow(img * 0.75 + 0.25 * img.mean(-1, keepdims=True))
-    heat = ax.imshow(amap, cmap="magma", alpha=0.62, interpolation="nearest",
+
+
+def _heat(ax, amap, extent_hw, vmin, vmax, cmap="magma"):
+    grid_h, grid_w = extent_hw
+    return ax.imshow(amap, cmap=cmap, alpha=0.62, interpolation="nearest",
                      vmin=float(amap.min()) if vmin is None else vmin,
                      vmax=float(amap.max()) if vmax is None else vmax,
                      extent=(-0.5, grid_w - 0.5, grid_h - 0.5, -0.5))
-    style = dict(color="white", lw=0.6, alpha=0.8)
-    _grid_lines(ax, np.arange(kh + 1) * cell_h - 0.5, np.arange(kw + 1) * cell_w - 0.5,
-                (-0.5, grid_h - 0.5), (-0.5, grid_w - 0.5), **style)
-    # the key cell holding the query, split into its sr x sr query tokens
-    ky, kx = min(ty // sr, kh - 1), min(tx // sr, kw - 1)
-    y0, x0 = ky * cell_h - 0.5, kx * cell_w - 0.5
-    if sr > 1:
-        _grid_lines(ax, y0 + np.arange(1, sr) * tok_h, x0 + np.arange(1, sr) * tok_w,
-                    (y0, y0 + cell_h), (x0, x0 + cell_w), color=QUERY_COLOR, lw=0.5, alpha=0.6)
-    ax.add_patch(Rectangle((x0, y0), cell_w, cell_h, fill=False, edgecolor=QUERY_COLOR, lw=1.2, ls="--"))
-    ax.add_patch(Rectangle((tx * tok_w - 0.5, ty * tok_h - 0.5), tok_w, tok_h, fill=False,
-                           edgecolor=QUERY_COLOR, lw=1.5))
-    ax.plot([query[1]], [query[0]], marker="+", color=QUERY_COLOR, ms=12, mew=2.2)
+
+
+def _finish(ax, img, query=None):
+    h, w = img.shape[:2]
+    if query is not None:
+        ax.plot([query[1]], [query[0]], marker="+", color=QUERY_COLOR, ms=12, mew=2.2)
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def _as_numpy(t) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+def _draw_grid_attention(ax, img, record: AttentionRecord, token, head, vmin, vmax, query):
+    """Global / spatial-reduction attention: the key grid, and the key cell holding the query
+    split into its r x r query tokens."""
+    h, w = img.shape[:2]
+    qh, qw = record.q_hw
+    kh, kw = record.k_hw
+    ty, tx = token
+    amap = _as_numpy(record.map_for(token, head=head))
+    r = reduction_of(record)
+    tok_h, tok_w = h / qh, w / qw          # pixels per query token
+    cell_h, cell_w = r * tok_h, r * tok_w  # pixels per key cell
+    grid_h, grid_w = kh * cell_h, kw * cell_w
+    _photo(ax, img)
+    heat = _heat(ax, amap, (grid_h, grid_w), vmin, vmax)
+    _grid_lines(ax, np.arange(kh + 1) * cell_h - 0.5, np.arange(kw + 1) * cell_w - 0.5,
+                (-0.5, grid_h - 0.5), (-0.5, grid_w - 0.5), color="white", lw=0.6, alpha=0.8)
+    ky, kx = min(ty // r, kh - 1), min(tx // r, kw - 1)
+    y0, x0 = ky * cell_h - 0.5, kx * cell_w - 0.5
+    if r > 1:
+        _grid_lines(ax, y0 + np.arange(1, r) * tok_h, x0 + np.arange(1, r) * tok_w,
+                    (y0, y0 + cell_h), (x0, x0 + cell_w), color=QUERY_COLOR, lw=0.5, alpha=0.6)
+    ax.add_patch(Rectangle((x0, y0), cell_w, cell_h, fill=False, edgecolor=QUERY_COLOR, lw=1.2, ls="--"))
+    ax.add_patch(Rectangle((tx * tok_w - 0.5, ty * tok_h - 0.5), tok_w, tok_h, fill=False,
+                           edgecolor=QUERY_COLOR, lw=1.5))
+    _finish(ax, img, query)
     return heat
 
 
-def attention_overlay(image, record: AttentionRecord, query: tuple[int, int], *, head: int = 0,
-                      title: str | None = None) -> Figure:
-    """Where one query pixel looks: its attention over the reduced key grid, on the photo.
+def _runs(indices) -> list[tuple[int, int]]:
+    """Sorted integers -> [(first, last)] of their consecutive runs."""
+    runs = []
+    for i in sorted(indices):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
 
-    White lines: the key grid (kh x kw). Each key is one cell made from sr x sr query
-    tokens (dashed cyan: the cell holding the query, with its tokens), so a query sees
-    N / R keys, R = sr². The cyan square is the query token, + the query pixel. Colours
-    run from the map's smallest to its largest weight; the colorbar's cyan line marks
-    uniform attention, 1 / N_k.
+
+def _draw_window_attention(ax, img, record: WindowAttentionRecord, token, head, vmin, vmax, query):
+    """Window attention: the map is zero outside the query's window. Dashed: the window
+    partition as the block saw it (offset by the shift); cyan: the query's window, in pieces
+    where the cyclic shift wrapped it around the map's edge."""
+    h, w = img.shape[:2]
+    fh, fw = record.feature_hw
+    cell_h, cell_w = h / fh, w / fw
+    amap = _as_numpy(record.map_for(token, head=head))
+    _photo(ax, img)
+    heat = _heat(ax, amap, (h, w), vmin, vmax)
+    m, s = record.window, record.shift
+    hp, wp = record.padded_hw
+    # window k covers shifted rows k·M .. k·M + M - 1, i.e. unshifted rows from (k·M + s) mod h_p
+    rows = sorted({(k * m + s) % hp for k in range(hp // m)} - {0})
+    cols = sorted({(k * m + s) % wp for k in range(wp // m)} - {0})
+    rows, cols = [y for y in rows if y < fh], [x for x in cols if x < fw]
+    _grid_lines(ax, np.array(rows) * cell_h - 0.5, np.array(cols) * cell_w - 0.5, (-0.5, h - 0.5), (-0.5, w - 0.5),
+                color="white", lw=1.0, alpha=0.8, ls="--")
+    win_rows, win_cols = record.window_of(token)
+    for y0, y1 in _runs(r for r in win_rows.tolist() if r < fh):
+        for x0, x1 in _runs(c for c in win_cols.tolist() if c < fw):
+            ax.add_patch(Rectangle((x0 * cell_w - 0.5, y0 * cell_h - 0.5), (x1 - x0 + 1) * cell_w,
+                                   (y1 - y0 + 1) * cell_h, fill=False, edgecolor=QUERY_COLOR, lw=1.6))
+    ty, tx = token
+    ax.add_patch(Rectangle((tx * cell_w - 0.5, ty * cell_h - 0.5), cell_w, cell_h, fill=False,
+                           edgecolor=QUERY_COLOR, lw=1.2))
+    _finish(ax, img, query)
+    return heat
+
+
+def _draw_sampling(ax, img, record: SamplingRecord, query_index, head, vmin, vmax, query):
+    """Deformable attention: the sampling points of every level (colour = level, area = weight)
+    over their weights spread on the finest grid; the star is the reference point."""
+    h, w = img.shape[:2]
+    amap = _as_numpy(record.map_for(query_index, head=head))
+    _photo(ax, img)
+    heat = _heat(ax, amap, (h, w), vmin, vmax)
+    locs, weights = record.points_for(query_index, head=head)
+    locs, weights = _as_numpy(locs), _as_numpy(weights)
+    for level in range(locs.shape[0]):
+        color = LEVEL_COLORS[level % len(LEVEL_COLORS)]
+        lh, lw = record.level_shapes[level]
+        ax.scatter(locs[level, :, 0] * w - 0.5, locs[level, :, 1] * h - 0.5, s=20 + 400 * weights[level],
+                   facecolor=color, edgecolor="black", lw=0.6, alpha=0.9, label=f"level {level} ({lh}×{lw})")
+    if record.reference_points is not None:
+        ref = _as_numpy(record.reference_points[0, query_index]).reshape(-1, 2)[0]
+        ax.plot([ref[0] * w - 0.5], [ref[1] * h - 0.5], marker="*", color="white", mec="black", ms=14)
+    _finish(ax, img, query if _pixel_queries(record) else None)
+    return heat
+
+
+def _draw_masked_attention(ax, img, record: MaskedAttentionRecord, query_index, head, vmin, vmax, query):
+    """Masked attention: the object query's attention over the pixels; hatched grey where the
+    mask from the previous layer blocked it."""
+    h, w = img.shape[:2]
+    amap = _as_numpy(record.map_for(query_index, head=head))
+    blocked = _as_numpy(record.mask_for(query_index, head=head))
+    _photo(ax, img)
+    heat = _heat(ax, amap, (h, w), vmin, vmax)
+    shade = np.zeros(blocked.shape + (4,), np.float32)
+    shade[blocked > 0] = (0.5, 0.5, 0.5, 0.75)
+    ax.imshow(shade, interpolation="nearest", extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+    _finish(ax, img)
+    return heat
+
+
+_DRAWERS = {
+    AttentionRecord: _draw_grid_attention,
+    WindowAttentionRecord: _draw_window_attention,
+    SamplingRecord: _draw_sampling,
+    MaskedAttentionRecord: _draw_masked_attention,
+}
+
+
+def draw_attention(ax, img, record, query, head, vmin=None, vmax=None):
+    """Photo + where one query looks, for every record kind; returns the heat-map artist.
+
+    ``query`` is a (y, x) pixel of the photo for records whose queries are pixels of a map
+    (global, spatial-reduction, window attention, the pixel decoder's deformable attention),
+    and an index for object queries (masked attention, the decoder's deformable attention).
+    Each kind is drawn with its own geometry: the key grid (and the r x r tokens of a key
+    cell), the (shifted) window, the sampling points, or the mask.
+    """
+    _check_record(record)
+    drawer = next(f for t, f in _DRAWERS.items() if isinstance(record, t))
+    token = _query_of(record, query, img.shape[:2])
+    return drawer(ax, img, record, token, head, vmin, vmax, query)
+
+
+def _describe(record, short: bool = False) -> str:
+    """One line of what the record's query can see (``short``: fits under a row label)."""
+    if isinstance(record, WindowAttentionRecord):
+        shift = f", shifted by {record.shift}" if record.shift else ""
+        return f"{record.window}×{record.window} windows{shift}" + ("" if short else f": {record.window ** 2} keys")
+    if isinstance(record, SamplingRecord):
+        levels, points = record.locations.shape[3:5]
+        return f"{levels} level(s) × {points} points" + ("" if short else f" = {levels * points} samples")
+    if isinstance(record, MaskedAttentionRecord):
+        kh, kw = record.k_hw
+        return f"{kh}×{kw} pixels" + ("" if short else ", masked where grey")
+    r = reduction_of(record)
+    kh, kw = record.k_hw
+    return f"{kh}×{kw} keys, R={r * r}" if short else f"{kh}×{kw} keys: r = {r}, R = r² = {r * r}"
+
+
+def _uniform_keys(record, query, head, image_hw) -> int | None:
+    """How many keys the query can attend to (for the colorbar's uniform level), or None."""
+    if isinstance(record, WindowAttentionRecord):
+        token = _query_of(record, query, image_hw)
+        return int((record.map_for(token, head=head) > 0).sum()) or None
+    if isinstance(record, MaskedAttentionRecord):
+        return int((~record.mask_for(_query_of(record, query, image_hw), head=head)).sum()) or None
+    if isinstance(record, AttentionRecord):
+        return record.k_hw[0] * record.k_hw[1]
+    return None
+
+
+@style.styled
+def attention_overlay(image, record, query, *, head: int = 0, title: str | None = None) -> Figure:
+    """Where one query looks, on the photo, for any attention or sampling record.
+
+    For spatial-reduction attention: white lines are the key grid (kh x kw); each key is one
+    cell made from r x r query tokens (dashed cyan: the cell holding the query, with its
+    tokens), so a query sees N / R keys, R = r². For window attention the map is zero outside
+    the query's (shifted) window, outlined in cyan; for deformable attention the dots are the
+    sampling points (area = weight); for masked attention grey marks the blocked pixels.
+    The cyan square is the query token, + the query pixel. Colours run from the map's
+    smallest to its largest weight; the colorbar's cyan line marks uniform attention over the
+    keys the query can reach.
 
     Args:
         image: the photo the model saw (see :func:`segviz.viz.arrays.as_image`).
-        record: an ``AttentionRecord`` from ``segviz.capture`` (probs (B, heads, Nq, Nk)).
-        query: (y, x) pixel in the photo.
+        record: a record from ``segviz.capture`` (``rec.attention[name]`` or ``rec.sampling[name]``).
+        query: (y, x) pixel in the photo, or an object query's index (masked attention,
+            the decoder's deformable attention).
         head: which head.
         title: first title line (default: ``head {head}``).
     """
     record = _check_record(record)
     img = as_image(image)
-    sr = reduction_of(record)
-    fig = Figure(figsize=(6.4, 5.4), layout="constrained")
+    fig = style.figure(6.4, 5.4)
     ax = fig.subplots()
     heat = draw_attention(ax, img, record, query, head)
-    kh, kw = record.k_hw
-    qh, qw = record.q_hw
-    ax.set_title(f"{title or f'head {head}'} · query pixel (y={query[0]}, x={query[1]})\n"
-                 f"{qh}×{qw} queries → {kh}×{kw} keys: sr = {sr}, R = sr² = {sr * sr}")
-    _uniform_mark(fig.colorbar(heat, ax=ax, shrink=0.85), kh * kw)
+    where = (f"query pixel (y={query[0]}, x={query[1]})" if _pixel_queries(record) else f"object query {query}")
+    ax.set_title(f"{title or f'head {head}'} · {where}\n{_describe(record)}")
+    if isinstance(record, SamplingRecord):
+        ax.legend(loc="lower right", fontsize=style.SMALL, framealpha=0.8)
+    colorbar = fig.colorbar(heat, ax=ax, shrink=0.85)
+    keys = _uniform_keys(record, query, head, img.shape[:2])
+    if keys:
+        _uniform_mark(colorbar, keys)
+    else:
+        colorbar.set_label("sampling weight, spread on the finest grid")
     return fig
 
 
@@ -235,34 +405,34 @@ def _uniform_mark(colorbar, n_keys: int, label: bool = True) -> None:
         colorbar.ax.axhline(1.0 / n_keys, color=QUERY_COLOR, lw=2)
 
 
-def attention_grid(image, records: Mapping[str, AttentionRecord], query: tuple[int, int], *,
-                   heads: Sequence[int] | None = None) -> Figure:
-    """Stages x heads: the same query pixel's attention in every stage and head.
+@style.styled
+def attention_grid(image, records: Mapping[str, object], query, *, heads: Sequence[int] | None = None) -> Figure:
+    """Stages x heads: the same query's attention in every stage and head.
 
     One row per record (e.g. the first block of each stage), one column per head; a row
     shares one colour scale (its colorbar at the right), so heads can be compared.
 
     Args:
         image: the photo.
-        records: row label -> AttentionRecord, in display order.
-        query: (y, x) pixel in the photo.
+        records: row label -> record from ``segviz.capture`` (any attention kind), in display order.
+        query: (y, x) pixel in the photo (or an object query's index, see :func:`attention_overlay`).
         heads: which heads to show (default: all heads of each record).
     """
     if not records:
         raise ValueError("attention_grid needs at least one record")
     recs = {label: _check_record(r) for label, r in records.items()}
     img = as_image(image)
-    chosen = {label: list(range(r.probs.shape[1])) if heads is None else [h for h in heads if h < r.probs.shape[1]]
+    chosen = {label: list(range(r.heads)) if heads is None else [h for h in heads if 0 <= h < r.heads]
               for label, r in recs.items()}
     cols = max(len(v) for v in chosen.values())
     if cols == 0:
         raise ValueError(f"none of heads={list(heads)} exists in these records")
     rows = len(recs)
-    fig = Figure(figsize=(1.9 * cols + 1.2, 2.05 * rows + 0.6), layout="constrained")
+    fig = style.figure(max(1.9 * cols + 1.4, 6.0), 2.05 * rows + 0.7)
     axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
     for r, (label, record) in enumerate(recs.items()):
-        ty, tx = _query_token(record, query, img.shape[:2])
-        maps = [record.map_for((ty, tx), head=hd) for hd in chosen[label]]
+        token = _query_of(record, query, img.shape[:2])
+        maps = [record.map_for(token, head=hd) for hd in chosen[label]]
         vmin = min(float(m.min()) for m in maps) if maps else 0.0
         vmax = max(float(m.max()) for m in maps) if maps else 1.0
         heat = None
@@ -272,14 +442,18 @@ def attention_grid(image, records: Mapping[str, AttentionRecord], query: tuple[i
                 ax.set_axis_off()
                 continue
             heat = draw_attention(ax, img, record, query, chosen[label][c], vmin=vmin, vmax=vmax)
-            ax.set_title(f"head {chosen[label][c]}", fontsize=9)
-        sr = reduction_of(record)
-        kh, kw = record.k_hw
-        axes[r, 0].set_ylabel(f"{label}\n{record.k_hw[0]}×{record.k_hw[1]} keys, R={sr * sr}", fontsize=9)
+            ax.set_title(f"head {chosen[label][c]}", fontsize=style.SMALL)
+        axes[r, 0].set_ylabel(f"{label}\n{_describe(record, short=True)}", fontsize=style.SMALL)
+        keys = _uniform_keys(record, query, chosen[label][0], img.shape[:2]) if chosen[label] else None
         if heat is not None:
-            _uniform_mark(fig.colorbar(heat, ax=list(axes[r]), shrink=0.9, pad=0.01, aspect=12), kh * kw, label=False)
-    fig.suptitle(f"where query pixel (y={query[0]}, x={query[1]}) (cyan +) looks: one row per stage\n"
-                 "white lines = key grid; one colour scale per row, cyan line on it = uniform attention")
+            colorbar = fig.colorbar(heat, ax=list(axes[r]), shrink=0.9, pad=0.01, aspect=12)
+            if keys:
+                _uniform_mark(colorbar, keys, label=False)
+    where = f"query pixel (y={query[0]}, x={query[1]}) (cyan +)" if _pixel_queries(next(iter(recs.values()))) \
+        else f"object query {query}"
+    grids = "white lines = key grid; " if all(isinstance(r, AttentionRecord) for r in recs.values()) else ""
+    fig.suptitle(f"where {where} looks: one row per stage\n"
+                 f"{grids}one colour scale per row, cyan line on it = uniform attention")
     return fig
 
 
@@ -313,12 +487,14 @@ def prediction_overlay(image, labels, class_names: Sequence[str] | None = None, 
     return prediction_panels([(image, labels, title)], class_names, alpha=alpha)
 
 
+@style.styled
 def prediction_panels(panels: Sequence[tuple], class_names: Sequence[str] | None = None, *,
                       alpha: float = 0.55) -> Figure:
     """Several ``(image, labels, title)`` predictions side by side, one shared legend.
 
-    Each panel keeps its own pixel size (axes are labelled in pixels), so the same model
-    run at two resolutions shows as two pictures of different size.
+    Up to three panels stand in one row, more wrap onto further rows. In one row each
+    panel keeps its own pixel size (axes are labelled in pixels), so the same model run at
+    two resolutions shows as two pictures of different size.
     """
     if not panels:
         raise ValueError("prediction_panels needs at least one (image, labels, title) panel")
@@ -335,9 +511,12 @@ def prediction_panels(panels: Sequence[tuple], class_names: Sequence[str] | None
         n_classes = len(class_names)
     names = list(class_names) if class_names is not None else [f"class {i}" for i in range(n_classes)]
     colors = class_colors(n_classes)
-    widths = [img.shape[1] for img, _, _ in items]
-    fig = Figure(figsize=(min(4.2 * len(items), 14) + 1.6, 4.6), layout="constrained")
-    axes = fig.subplots(1, len(items), squeeze=False, gridspec_kw={"width_ratios": widths})[0]
+    cols = min(len(items), 3)
+    rows = -(-len(items) // cols)
+    widths = [img.shape[1] for img, _, _ in items] if rows == 1 else [1] * cols
+    fig = style.figure(3.6 * cols + 1.6, 3.9 * rows + 0.3)
+    grid = fig.add_gridspec(rows, cols, width_ratios=widths)
+    axes = [fig.add_subplot(grid[i // cols, i % cols]) for i in range(len(items))]
     for ax, (img, lab, title) in zip(axes, items):
         full = _upsample_labels(lab, img.shape[:2])
         rgba = np.zeros(full.shape + (4,), np.float32)
@@ -347,7 +526,7 @@ def prediction_panels(panels: Sequence[tuple], class_names: Sequence[str] | None
             rgba[full == 0, 3] = 0.0
         ax.imshow(img)
         ax.imshow(rgba, interpolation="nearest")
-        ax.set_title(title or "prediction", fontsize=10)
+        ax.set_title(title or "prediction", fontsize=style.NORMAL)
         ax.set_xlabel(f"{img.shape[1]} px")
         ax.set_ylabel(f"{img.shape[0]} px")
         ax.set_xticks([])
@@ -357,5 +536,5 @@ def prediction_panels(panels: Sequence[tuple], class_names: Sequence[str] | None
                      label=names[i] + ("" if i in present else " (absent)"))
                for i in range(n_classes)
                if not (i == 0 and names[0].lower() == "background")]
-    fig.legend(handles=handles, loc="outside right center", title="class", fontsize=9)
+    fig.legend(handles=handles, loc="outside right center", title="class", fontsize=style.SMALL)
     return fig
