@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -60,3 +61,87 @@ def test_summary_lists_blocks_with_shapes_params_and_gmacs():
 def test_device_helper():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert segviz.device().type == expected
+
+
+# --------------------------------------------------------------------------- refusals and accepted forms
+SHAPE = "input_shape must be (B, C, H, W): 4 positive integers, got "
+
+
+@pytest.mark.parametrize("shape", [
+    (1, 3, 32, 32), [1, 3, 32, 32], torch.Size([1, 3, 32, 32]), np.array([1, 3, 32, 32]),
+    np.array([1, 3, 32, 32], dtype=np.int32), torch.tensor([1, 3, 32, 32]), (np.int64(1), 3, torch.tensor(32), 32),
+])
+def test_flops_accept_integer_sequences_arrays_and_tensors(shape):
+    report = flops(ToyNet(), shape)
+    assert report.input_shape == (1, 3, 32, 32) and all(type(s) is int for s in report.input_shape)
+    assert report.total == pytest.approx(_toy_macs(32, 32) / 1e9, rel=1e-9)
+
+
+@pytest.mark.parametrize("shape, reason", [
+    ((1, 3, 32.5, 32), "(1, 3, 32.5, 32) (32.5 is not an integer)"),
+    ((1, 3, 32.0, 32), "(1, 3, 32.0, 32) (32.0 is not an integer)"),
+    ((1, 3, True, 32), "(1, 3, True, 32) (True is not an integer)"),
+    ((1, 3, None, 32), "(1, 3, None, 32) (None is not an integer)"),
+    ((1, 3, "32", 32), "(1, 3, '32', 32) ('32' is not an integer)"),
+    ((1, 3, 0, 32), "(1, 3, 0, 32) (0 is below 1)"),
+    ((1, 3, -32, 32), "(1, 3, -32, 32) (-32 is below 1)"),
+    ((3, 32, 32), "(3, 32, 32) (3 values, not 4)"),
+    ((1, 1, 3, 32, 32), "(1, 1, 3, 32, 32) (5 values, not 4)"),
+    ("1333", "'1333' (a str, not a flat sequence of integers)"),
+    (None, "None (not a sequence)"),
+    (32, "32 (an int, not a flat sequence of integers)"),
+    (np.array([1.0, 3, 32, 32]), "array([ 1.,  3., 32., 32.]) (1.0 is not an integer)"),
+    (torch.tensor([1.0, 3, 32, 32]), "tensor([ 1.,  3., 32., 32.]) (1.0 is not an integer)"),
+    (np.array([[1, 3, 32, 32]]), "array([[ 1,  3, 32, 32]]) (a 2-D array, not a flat sequence of integers)"),
+    ((1, 3, (32, 32)), "(1, 3, (32, 32)) (3 values, not 4)"),
+])
+@pytest.mark.parametrize("tool", ["flops", "summary"])
+def test_bad_shapes_are_refused_with_what_was_given(tool, shape, reason):
+    with pytest.raises(ValueError) as err:
+        flops(ToyNet(), shape) if tool == "flops" else summary(ToyNet(), shape)
+    assert str(err.value) == SHAPE + reason
+
+
+@pytest.mark.parametrize("depth, message", [
+    (1.5, "depth must be an integer >= 1, got 1.5 (a float)"),
+    (2.0, "depth must be an integer >= 1, got 2.0 (a float)"),
+    ("2", "depth must be an integer >= 1, got '2' (a str)"),
+    (True, "depth must be an integer >= 1, got True (a bool)"),
+    (None, "depth must be an integer >= 1, got None"),
+    (0, "depth must be an integer >= 1, got 0"),
+    (-1, "depth must be an integer >= 1, got -1"),
+])
+def test_summary_refuses_a_bad_depth(depth, message):
+    with pytest.raises(ValueError) as err:
+        summary(ToyNet(), (1, 3, 32, 32), depth=depth)
+    assert str(err.value) == message
+
+
+def test_summary_accepts_numpy_and_tensor_depths():
+    assert [r["module"] for r in summary(ToyNet(), (1, 3, 32, 32), depth=np.int64(1)).rows] == ["stem", "stages", "head"]
+    assert len(summary(ToyNet(), np.array([1, 3, 32, 32]), depth=torch.tensor(2)).rows) > 3
+
+
+@pytest.mark.parametrize("device, message", [
+    ("gpu", "device must be a torch.device or a string such as 'cpu', 'cuda', 'cuda:0' or 'meta', got 'gpu' ("),
+    (3.5, "device must be a torch.device or a string such as 'cpu', 'cuda', 'cuda:0' or 'meta', got 3.5 (a float)"),
+    (True, "device must be a torch.device or a string such as 'cpu', 'cuda', 'cuda:0' or 'meta', got True (a bool)"),
+    ("cuda:99", "device 'cuda:99' is not available: this machine has "),
+])
+@pytest.mark.parametrize("tool", ["flops", "summary"])
+def test_bad_devices_are_a_value_error(tool, device, message):
+    with pytest.raises(ValueError) as err:
+        run = flops if tool == "flops" else summary
+        run(ToyNet(), (1, 3, 32, 32), device=device)
+    assert str(err.value).startswith(message)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_is_a_value_error():
+    with pytest.raises(ValueError, match="device 'cuda' is not available: this machine has no CUDA GPU; use 'cpu' or 'meta'"):
+        flops(ToyNet(), (1, 3, 32, 32), device="cuda")
+
+
+def test_a_model_that_is_not_a_module_is_refused():
+    with pytest.raises(ValueError, match="model must be a torch.nn.Module, got str"):
+        flops("segformer-b0", (1, 3, 32, 32))

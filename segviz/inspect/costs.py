@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from segviz.inspect._args import as_device, as_int, as_int_tuple
 from segviz.nn.attention import explicit_attention
 
 
@@ -43,10 +44,8 @@ class FlopReport:
 
 
 def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) != 4 or min(shape) < 1:
-        raise ValueError(f"input_shape must be (B, C, H, W) with positive sizes, got {tuple(input_shape)}")
-    return shape
+    """(B, C, H, W) as four Python ints >= 1; a list, tuple, torch.Size or 1-D integer array / tensor."""
+    return as_int_tuple(input_shape, "input_shape", length=4, expected="(B, C, H, W): 4 positive integers")
 
 
 def flops(model: nn.Module, input_shape: Sequence[int], device: str | torch.device | None = None) -> FlopReport:
@@ -54,9 +53,12 @@ def flops(model: nn.Module, input_shape: Sequence[int], device: str | torch.devi
 
     Args:
         model: any segviz model (its train/eval mode is restored afterwards).
-        input_shape: (B, C, H, W).
+        input_shape: (B, C, H, W), positive integers: a tuple, list, ``torch.Size``, or a 1-D
+            integer numpy array / tensor. Anything else (3.5, "64", True, None, 3 values) is
+            refused with a ``ValueError``.
         device: where to run; default the model's own device. ``"meta"`` counts without
             computing anything (fast for big published configs) and gives the same figure.
+            A device that is misspelt or absent here is a ``ValueError``.
     """
     shape = _check_shape(input_shape)
     runner = _on_device(model, device)
@@ -85,7 +87,10 @@ def _device_of(model: nn.Module) -> torch.device:
 
 def _on_device(model: nn.Module, device) -> nn.Module:
     """``model`` itself, or a copy of it on ``device`` when that is another device."""
-    if device is None or torch.device(device) == _device_of(model):
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    device = as_device(device)
+    if device is None or device == _device_of(model):
         return model
     return copy.deepcopy(model).to(device)
 
@@ -125,10 +130,12 @@ def _shape_text(shape) -> str:
 
 
 def summary(model: nn.Module, input_shape: Sequence[int], depth: int = 2, device=None) -> Summary:
-    """Block-by-block table of ``model`` down to ``depth`` levels of submodules."""
+    """Block-by-block table of ``model`` down to ``depth`` levels of submodules.
+
+    ``input_shape`` and ``device`` as in :func:`flops`; ``depth`` an integer >= 1.
+    """
     shape = _check_shape(input_shape)
-    if depth < 1:
-        raise ValueError(f"depth must be at least 1, got {depth}")
+    depth = as_int(depth, "depth", low=1)
     runner = _on_device(model, device)
     shapes: dict[str, tuple] = {}
     modules = dict(runner.named_modules())

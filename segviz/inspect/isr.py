@@ -18,10 +18,14 @@ of the training ratio):
   code's ISR presets multiply the training ratios per stage, e.g. encoder "2211" and decoder
   "222" are ``encoder=(16, 8, 2, 1), decoder=(8, 4, 2)``.
 
-``None`` leaves a group at its training ratios. ``pool`` ("avg", the paper's choice, or
-"max") is the pooling of every spatial-reduction attention while the setting holds
-(EDAFormer pools at its training ratios too, so "max" changes it even there; SegFormer pools
-only by the factor beyond its learned strided conv).
+Ratios are given as a tuple, a list, or a 1-D integer numpy array / tensor (one integer per
+stage); floats, strings, bools and wrong lengths are refused with a ``ValueError`` that says
+what was given and what is allowed, and nothing changes. ``None`` leaves a group at its
+training ratios.
+
+``pool`` ("avg", the paper's choice, or "max") is the pooling of every spatial-reduction
+attention while the setting holds (EDAFormer pools at its training ratios too, so "max"
+changes it even there; SegFormer pools only by the factor beyond its learned strided conv).
 
 Any model whose attentions subclass :class:`segviz.nn.SpatialReductionAttention` and carry
 an ``isr_role`` works: EDAFormer (encoder and decoder groups) and SegFormer (encoder only;
@@ -32,12 +36,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import operator
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from segviz.inspect._args import as_int_tuple, int_or_none, items_or_none, kind, plain
 from segviz.nn.reduction import POOLS, SpatialReductionAttention
 
 GROUPS = ("encoder", "decoder")
@@ -107,18 +111,13 @@ def feature_sizes(model: nn.Module, input_size: Sequence[int]) -> dict[str, dict
 
 
 def _input_size(input_size) -> tuple[int, int]:
-    try:
-        h, w = (operator.index(s) for s in input_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"input_size must be (H, W) with two positive integers, got {input_size!r}") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"input_size must be (H, W) with two positive integers, got {input_size!r}")
-    return h, w
+    """(H, W) as two Python ints >= 1 (a tuple, list, torch.Size or 1-D integer array / tensor)."""
+    return as_int_tuple(input_size, "input_size", length=2, expected="(H, W) with two positive integers")
 
 
 def _plan(model, encoder, decoder, pool, input_size) -> dict[SpatialReductionAttention, int | None]:
     """Validate everything; return module -> inference ratio (None: training ratio)."""
-    if pool not in POOLS:
+    if not isinstance(pool, str) or pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
     stages = _stages(model)
     sizes = feature_sizes(model, input_size) if input_size is not None else {}
@@ -135,18 +134,21 @@ def _plan(model, encoder, decoder, pool, input_size) -> dict[SpatialReductionAtt
                 f"it has only: {', '.join(stages)}. Leave {group}=None"
             )
         numbers = list(by_stage)
-        if isinstance(ratios, (str, bytes)) or not isinstance(ratios, Sequence) or len(ratios) != len(numbers):
+        items = items_or_none(ratios)  # a tuple, list, or 1-D integer numpy array / tensor
+        if items is None or len(items) != len(numbers):
+            given = f"{len(items)} value{'' if len(items) == 1 else 's'}: " if items is not None else f"{kind(ratios)}: "
             raise ValueError(
                 f"{group} ratios need {len(numbers)} values, one per {group} stage "
-                f"{', '.join(map(str, numbers))} in that order; got {ratios!r}"
+                f"{', '.join(map(str, numbers))} in that order (a tuple, list, or 1-D integer array); "
+                f"got {given}{ratios!r}"
             )
-        for stage, ratio in zip(numbers, ratios):
+        for stage, item in zip(numbers, items):
             hw = sizes.get(group, {}).get(stage)
             where = f"{group} stage {stage}" + (f" (feature map {hw[0]}x{hw[1]})" if hw else "")
             allowed = f"1..{min(hw)}" if hw else "positive integers up to the feature map's shorter side"
-            if isinstance(ratio, bool) or not hasattr(type(ratio), "__index__"):
-                raise ValueError(f"{where}: reduction ratios are integers, got {ratio!r}; allowed: {allowed}")
-            ratio = operator.index(ratio)
+            ratio = int_or_none(item)
+            if ratio is None:
+                raise ValueError(f"{where}: reduction ratios are integers, got {plain(item)!r}; allowed: {allowed}")
             if ratio < 1 or (hw and ratio > min(hw)):
                 raise ValueError(f"{where}: reduction ratio {ratio} is out of range; allowed: {allowed}")
             for module in by_stage[stage]:
