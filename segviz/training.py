@@ -13,17 +13,19 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 import os
 import uuid
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segviz.inspect.isr import current_ratios
-from segviz.nn.reduction import SpatialReductionAttention
+from segviz.inspect._args import as_device
+from segviz.nn.settings import inference_state
 from segviz.weights import load_state_dict_strict, read_state_dict
 
 
@@ -112,15 +114,14 @@ def _fingerprint(model: nn.Module) -> str:
 
 def cache_key(model: nn.Module, dataset, val, **settings) -> dict:
     """Everything that determines a training result, as a JSON-able dict: the model's name,
-    config, starting weights and key/value reduction ratios in force (``segviz.set_isr``
-    before training trains at other ratios), the data, and the settings."""
-    reductions = [m for m in model.modules() if isinstance(m, SpatialReductionAttention)]
+    config, starting weights, its inference-time settings in force (``inference``: see
+    :func:`segviz.nn.settings.inference_state`; e.g. ``segviz.set_isr`` before training trains
+    at other key/value ratios), the data, and the settings."""
     return {
         "model": getattr(model, "segviz_name", type(model).__name__),
         "config": getattr(model, "segviz_config", None),
         "init": _fingerprint(model),
-        "ratios": current_ratios(model) if reductions else None,
-        "pools": sorted({m.isr_pool for m in reductions}),
+        "inference": inference_state(model),
         "dataset": _describe(dataset),
         "val": _describe(val),
         **settings,
@@ -147,13 +148,23 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def _save(path: Path, model: nn.Module, key: dict, losses: list[float], val_miou: float | None) -> None:
+    """Write the weights and the metadata; on any failure remove whatever half of the entry
+    was written (so the next run does not read it as broken) and re-raise."""
     from safetensors.torch import save_file
 
-    # clone: safetensors refuses tensors that share storage (tied weights)
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp))
-    meta = {"key": key, "losses": losses, "val_miou": val_miou}
-    _atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, default=str)))
+    try:
+        # clone: safetensors refuses tensors that share storage (tied weights)
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+        _atomic_write(path, lambda tmp: save_file(tensors, tmp))
+        meta = {"key": key, "losses": losses, "val_miou": val_miou}
+        _atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, default=str)))
+    except BaseException:
+        for written in (path, path.with_suffix(".json")):
+            try:
+                written.unlink(missing_ok=True)
+            except Exception:  # noqa: BLE001 - best effort; the original error is what matters
+                pass
+        raise
 
 
 def _load(path: Path, model: nn.Module, key: dict) -> tuple[list[float], float | None] | None:
@@ -180,12 +191,19 @@ def _batch(dataset, indices: Tensor, device: torch.device) -> tuple[Tensor, Tens
     return torch.stack(images).to(device), torch.stack(labels).to(device)
 
 
-def _logits(model: nn.Module, images: Tensor, label_hw: tuple[int, int]) -> Tensor:
-    """model(images) -> (B, K, h, w) logits, bilinearly upsampled to the label size."""
-    out = model(images)
+def _logits(model: nn.Module, images: Tensor, label_hw: tuple[int, int], predict: bool = False) -> Tensor:
+    """model(images) -> (B, K, h, w) logits, bilinearly upsampled to the label size.
+
+    With ``predict=True`` the model's ``predict(x)`` is used when it has one (the model
+    contract: semantic logits at the input size, also for models whose forward returns
+    something else, such as set predictions)."""
+    use_predict = predict and callable(getattr(model, "predict", None))
+    out = model.predict(images) if use_predict else model(images)
     if not isinstance(out, Tensor) or out.dim() != 4:
         got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(f"train expects model(x) to return (B, num_classes, h, w) logits, got {got}")
+        call = "model.predict(x)" if use_predict else "model(x)"
+        hint = "" if use_predict else " (or define model.loss(outputs, target) and model.predict(x))"
+        raise ValueError(f"train expects {call} to return (B, num_classes, h, w) logits, got {got}{hint}")
     if out.shape[-2:] != label_hw:
         out = F.interpolate(out, size=label_hw, mode="bilinear", align_corners=False)
     return out
@@ -194,26 +212,57 @@ def _logits(model: nn.Module, images: Tensor, label_hw: tuple[int, int]) -> Tens
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, batch_size: int = 16, device=None) -> float:
     """Dataset-level mIoU (intersections and unions summed over all images) of ``model``
-    on ``dataset``; leaves the model in eval mode."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    on ``dataset``, from ``model.predict(x)`` when the model has one, else ``model(x)``
+    upsampled to the label size; leaves the model in eval mode."""
+    device = as_device(device) if device is not None else next(model.parameters()).device
     model.eval()
     inter = union = 0
     for start in range(0, len(dataset), batch_size):
         images, labels = _batch(dataset, torch.arange(start, min(start + batch_size, len(dataset))), device)
-        logits = _logits(model, images, tuple(labels.shape[-2:]))
+        logits = _logits(model, images, tuple(labels.shape[-2:]), predict=True)
         i, u = intersection_union(logits.argmax(1), labels, logits.shape[1])
         inter, union = inter + i, union + u
     return iou_from_counts(inter, union)
 
 
-def _check_settings(steps, batch_size, lr, weight_decay, seed) -> None:
+def _real(value, name: str, allowed: str, ok) -> float:
+    """``value`` as a Python float when it is a finite real number (int, float, numpy scalar or
+    one-element real tensor) and ``ok(value)``; else ValueError naming ``name`` and ``allowed``."""
+    number = None
+    if isinstance(value, Tensor):
+        if value.numel() == 1 and not (value.dtype == torch.bool or value.is_complex()):
+            number = float(value.item())
+    elif isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        number = float(value)
+    if number is None:
+        raise ValueError(f"{name} must be {allowed}, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(number) or not ok(number):
+        raise ValueError(f"{name} must be {allowed}, got {number!r}")
+    return number
+
+
+def _check_settings(steps, batch_size, lr, weight_decay, seed) -> tuple[float, float]:
+    """Validate; return (lr, weight_decay) as Python floats."""
     for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
-        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
+    lr = _real(lr, "lr", "a finite number > 0 (e.g. 1e-3)", lambda v: v > 0)
+    weight_decay = _real(weight_decay, "weight_decay", "a finite number >= 0 (e.g. 0.01)", lambda v: v >= 0)
+    return lr, weight_decay
+
+
+def _loss(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
+    """``model.loss(model(images), labels)`` when the model defines ``loss``, else pixel
+    cross-entropy on the logits upsampled to the label size."""
+    own = getattr(model, "loss", None)
+    if not callable(own):
+        return F.cross_entropy(_logits(model, images, tuple(labels.shape[-2:])), labels)
+    loss = own(model(images), labels)
+    if not isinstance(loss, Tensor) or loss.numel() != 1 or not loss.requires_grad:
+        got = (f"a tensor of shape {tuple(loss.shape)}" + ("" if loss.requires_grad else " without grad")
+               if isinstance(loss, Tensor) else type(loss).__name__)
+        raise ValueError(f"model.loss(outputs, target) must return a scalar tensor with grad, got {got}")
+    return loss.reshape(())
 
 
 def train(
@@ -229,12 +278,20 @@ def train(
     cache: bool = True,
     progress: bool = True,
 ) -> TrainResult:
-    """Train a segmentation model with AdamW on pixel-wise cross-entropy, then report validation mIoU.
+    """Train a segmentation model with AdamW, then report validation mIoU.
 
+    **The loss.** When the model defines ``loss(outputs, target)`` (a model with its own
+    objective, e.g. set prediction with matching), each step minimises
+    ``model.loss(model(x), labels)``, which must return a scalar tensor. Otherwise
     ``model(x)`` must return (B, num_classes, h, w) logits; when (h, w) is smaller than the
     label map (models usually predict at 1/4 or 1/8 resolution) the logits are bilinearly
-    upsampled to the label size before the loss
+    upsampled to the label size before the pixel-wise cross-entropy
         L = -1/N Σ_pixels log softmax(logits)[label].
+    Validation uses ``model.predict(x)`` when the model has one, else the upsampled ``model(x)``.
+
+    If the loss becomes NaN or infinite, training stops with a ``ValueError`` (which step,
+    the value; usually the learning rate is too high) and nothing is cached.
+
     Batches are drawn from a seeded generator (a fresh permutation every epoch) and
     ``torch.manual_seed(seed)`` is set, so a run is repeatable.
 
@@ -245,22 +302,27 @@ def train(
         device: defaults to :func:`segviz.device` (cuda when present).
         cache: reuse / store the trained weights, losses and val mIoU under :func:`cache_dir`,
             keyed by :func:`cache_key`: model name, config, a hash of its starting weights and
-            the reduction ratios in force, dataset and val descriptions, seed, steps, batch
-            size, lr and weight decay. A broken or mismatching entry is reported with a
-            warning and rebuilt. Runs whose dataset or val set has no ``description()`` are
-            never cached. Seed before building the model so that reruns hit the cache.
+            its inference-time settings in force (ISR ratios and pooling), dataset and val
+            descriptions, seed, steps, batch size, lr and weight decay. A broken or
+            mismatching entry is reported with a warning and rebuilt. If the entry cannot be
+            written (read-only folder, full disk, any error) a warning says so and the trained
+            result is returned all the same. Runs whose dataset or val set has no
+            ``description()`` are never cached. Seed before building the model so that
+            reruns hit the cache.
+        lr, weight_decay: finite numbers, lr > 0 and weight_decay >= 0 (Python, numpy or
+            one-element tensor scalars; anything else is a ``ValueError``).
 
     Returns:
         :class:`TrainResult`; the model is left in eval mode on ``device``.
     """
-    _check_settings(steps, batch_size, lr, weight_decay, seed)
+    lr, weight_decay = _check_settings(steps, batch_size, lr, weight_decay, seed)
     if len(dataset) == 0:
         raise ValueError("train needs a non-empty dataset")
     if device is None:
-        from segviz import device as default_device
+        from segviz.nn.layers import device as default_device
 
         device = default_device()
-    device = torch.device(device)
+    device = as_device(device)
     if val is None:
         from segviz.data import Shapes
 
@@ -291,16 +353,35 @@ def train(
     losses: list[float] = []
     model.train()
     bar = tqdm(total=steps, desc=f"training {getattr(model, 'segviz_name', type(model).__name__)}", disable=not progress)
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         while len(order) < batch_size:
             order = torch.cat([order, torch.randperm(len(dataset), generator=generator)])
         indices, order = order[:batch_size], order[batch_size:]
         images, labels = _batch(dataset, indices, device)
-        loss = F.cross_entropy(_logits(model, images, tuple(labels.shape[-2:])), labels)
+        loss = _loss(model, images, labels)
+        value = loss.item()
+        if not math.isfinite(value):
+            bar.close()
+            model.eval()
+            raise ValueError(
+                f"the training loss became {value} at step {step} of {steps} (lr={lr:g}, weight_decay="
+                f"{weight_decay:g}); training stopped and nothing was cached. The usual cause is a "
+                f"learning rate that is too high: try a lower lr, e.g. lr={lr / 10:g}"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+        try:
+            optimizer.step()
+        except RuntimeError as err:  # AdamW's step size lr / (1 - β1^t) overflows float32
+            if "overflow" not in str(err):
+                raise
+            bar.close()
+            model.eval()
+            raise ValueError(
+                f"lr={lr:g} is too large: the optimizer step overflowed at step {step} of {steps} ({err}); "
+                f"training stopped and nothing was cached. Try a lower lr, e.g. lr=1e-3"
+            ) from err
+        losses.append(value)
         bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
         bar.update()
     val_miou = evaluate(model, val, batch_size, device) if val is not None else None
@@ -311,7 +392,11 @@ def train(
     if path is not None:
         try:
             _save(path, model, key, losses, val_miou)
-        except OSError as err:
-            warnings.warn(f"could not write the segviz cache entry {path}: {err}", stacklevel=2)
+        except Exception as err:  # noqa: BLE001 - never lose a finished run to a cache problem
+            warnings.warn(
+                f"could not write the segviz cache entry {path} ({type(err).__name__}: {err}); "
+                "the trained model is returned but not cached",
+                stacklevel=2,
+            )
             path = None
     return TrainResult(model, losses, val_miou, from_cache=False, cache_path=path)

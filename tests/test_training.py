@@ -1,6 +1,7 @@
 """segviz.training: mIoU against hand-computed cases, the trainer, and its weight cache."""
 import json
 import math
+import os
 import warnings
 
 import numpy as np
@@ -281,7 +282,7 @@ def test_small_conv_net_learns_shapes(cache):
     assert not result.model.training
 
 
-def test_cache_key_follows_starting_weights_and_isr_ratios():
+def test_cache_key_follows_starting_weights_and_inference_settings():
     import segviz
     from segviz.training import cache_key
 
@@ -294,8 +295,248 @@ def test_cache_key_follows_starting_weights_and_isr_ratios():
     other = segviz.create_model("segformer-nano")
     assert cache_key(a, data, None) == cache_key(same, data, None)
     assert cache_key(a, data, None)["init"] != cache_key(other, data, None)["init"]
+    stage1 = "encoder.stages.0.blocks.0.attn"
+    assert cache_key(a, data, None)["inference"][stage1] == {"ratio": 8, "pool": "avg"}
     with segviz.isr(a, encoder=(16, 8, 2, 1)):
-        assert cache_key(a, data, None)["ratios"] == {"encoder": (16, 8, 2, 1)}
+        assert cache_key(a, data, None)["inference"][stage1] == {"ratio": 16, "pool": "avg"}
         assert cache_key(a, data, None) != cache_key(same, data, None)
     with segviz.isr(a, encoder=(8, 4, 2, 1), pool="max"):
-        assert cache_key(a, data, None)["pools"] == ["max"]
+        assert {s["pool"] for s in cache_key(a, data, None)["inference"].values()} == {"max"}
+        assert cache_key(a, data, None) != cache_key(same, data, None)
+    assert cache_key(a, data, None) == cache_key(same, data, None)  # restored: the same key again
+
+
+def test_cache_key_of_a_model_without_inference_settings_is_empty():
+    from segviz.training import cache_key
+
+    assert cache_key(tiny(), Shapes(4, size=16), None)["inference"] == {}
+
+
+def test_cache_key_reads_any_inference_setting():
+    """A new kind of knob (not ISR) is picked up through segviz.nn.settings, by module name."""
+    from segviz.nn.settings import InferenceSetting
+    from segviz.training import cache_key
+
+    class Knob(InferenceSetting, nn.Identity):
+        window = 7
+
+        def inference_state(self):
+            return {"window": self.window}
+
+    model = tiny()
+    model.append(Knob())
+    data = Shapes(4, size=16)
+    before = cache_key(model, data, None)
+    assert before["inference"] == {"6": {"window": 7}}
+    model[6].window = 5
+    assert cache_key(model, data, None)["inference"] == {"6": {"window": 5}}
+    assert cache_key(model, data, None) != before
+
+
+# --------------------------------------------------------------------------- refusals: lr, weight decay, device
+@pytest.mark.parametrize("lr, shown", [
+    (0, "got 0.0"), (-1e-3, "got -0.001"), (float("nan"), "got nan"), (float("inf"), "got inf"),
+    (-float("inf"), "got -inf"), (np.float32("nan"), "got nan"), (torch.tensor(float("inf")), "got inf"),
+    (True, "got True (bool)"), ("1e-3", "got '1e-3' (str)"), (None, "got None (NoneType)"),
+    (1e-3 + 0j, "got (0.001+0j) (complex)"), (torch.tensor([1e-3, 1e-3]), "(Tensor)"), (np.bool_(True), "(bool)"),
+])
+def test_bad_learning_rates_are_refused_with_what_is_allowed(lr, shown):
+    with pytest.raises(ValueError) as err:
+        train(tiny(), **FAST, lr=lr, cache=False)
+    assert str(err.value).startswith("lr must be a finite number > 0 (e.g. 1e-3), got ")
+    assert shown in str(err.value)
+
+
+@pytest.mark.parametrize("weight_decay, shown", [
+    (-0.01, "got -0.01"), (float("nan"), "got nan"), (float("inf"), "got inf"), (np.float64("-inf"), "got -inf"),
+    (False, "got False (bool)"), ("0.01", "got '0.01' (str)"), (None, "got None (NoneType)"),
+])
+def test_bad_weight_decays_are_refused_with_what_is_allowed(weight_decay, shown):
+    with pytest.raises(ValueError) as err:
+        train(tiny(), **FAST, weight_decay=weight_decay, cache=False)
+    assert str(err.value).startswith("weight_decay must be a finite number >= 0 (e.g. 0.01), got ")
+    assert shown in str(err.value)
+
+
+@pytest.mark.parametrize("lr, weight_decay", [
+    (np.float32(1e-3), np.float64(0.0)), (torch.tensor(1e-3), torch.tensor(0.01)), (np.int64(1), 0), (1, np.int32(0)),
+])
+def test_numpy_and_torch_scalars_are_accepted_as_python_floats(cache, lr, weight_decay):
+    reference = train(tiny(), **FAST, lr=float(lr), weight_decay=float(weight_decay))
+    result = train(tiny(), **FAST, lr=lr, weight_decay=weight_decay)
+    assert result.from_cache and result.cache_path == reference.cache_path  # the same key: plain floats
+    key = json.loads(result.cache_path.with_suffix(".json").read_text())["key"]
+    assert type(key["lr"]) is float and type(key["weight_decay"]) is float
+
+
+@pytest.mark.parametrize("device, match", [
+    ("gpu", "device must be a torch.device or a string such as 'cpu', 'cuda', 'cuda:0' or 'meta', got 'gpu'"),
+    (3.5, r"device must be .* got 3\.5 \(a float\)"),
+    ("cuda:99", "device 'cuda:99' is not available"),
+])
+def test_bad_device_is_a_value_error(device, match):
+    with pytest.raises(ValueError, match=match):
+        train(tiny(), **FAST, device=device, cache=False)
+
+
+# --------------------------------------------------------------------------- a loss that blows up
+class BlowsUp(nn.Module):
+    """Predicts fine for ``good`` calls, then returns ``bad`` (nan or inf) logits."""
+
+    def __init__(self, good=2, bad=float("nan")):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 5, 1)
+        self.calls, self.good, self.bad = 0, good, bad
+        self.segviz_name = "blows-up"
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.conv(x)
+        return out if self.calls <= self.good else out * self.bad
+
+
+@pytest.mark.parametrize("bad, shown", [(float("nan"), "nan"), (float("inf"), "nan"), (-float("inf"), "nan")])
+def test_non_finite_loss_stops_with_a_clear_error_and_caches_nothing(cache, bad, shown):
+    model = BlowsUp(good=2, bad=bad)
+    with pytest.raises(ValueError) as err:
+        train(model, **{**FAST, "steps": 5}, lr=0.5)
+    message = str(err.value)
+    assert message.startswith(f"the training loss became {shown} at step 3 of 5 (lr=0.5, weight_decay=0.01)")
+    assert "nothing was cached" in message and "try a lower lr, e.g. lr=0.05" in message
+    assert model.calls == 3 and not model.training
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_divergence_from_a_huge_learning_rate_is_caught(cache):
+    with pytest.raises(ValueError, match=r"the training loss became nan at step \d+ of 10 \(lr=1e\+30"):
+        train(tiny(), **{**FAST, "steps": 10}, lr=1e30)
+    with pytest.raises(ValueError, match=r"lr=1e\+38 is too large: the optimizer step overflowed at step 1 of 10"):
+        train(tiny(), **{**FAST, "steps": 10}, lr=1e38)
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_own_loss_that_is_infinite_is_caught(cache):
+    class InfLoss(TinyNet):
+        def loss(self, outputs, target):
+            return outputs.sum() * float("inf")
+
+    with pytest.raises(ValueError, match=r"the training loss became (inf|-inf|nan) at step 1 of 3"):
+        train(InfLoss(4), **FAST)
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+# --------------------------------------------------------------------------- cache writes that fail
+def _raiser(error):
+    def raise_it(*args, **kwargs):
+        raise error
+
+    return raise_it
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("serializer exploded"),
+    MemoryError("out of memory while writing"),
+    OSError(28, "No space left on device"),
+    PermissionError(13, "Permission denied"),
+    ValueError("a value the serializer refused"),
+], ids=lambda e: type(e).__name__)
+def test_any_error_while_writing_the_cache_warns_and_returns_the_trained_run(cache, monkeypatch, error):
+    import safetensors.torch
+
+    reference = train(tiny(), **FAST, cache=False)
+    monkeypatch.setattr(safetensors.torch, "save_file", _raiser(error))
+    with pytest.warns(UserWarning) as caught:
+        result = train(tiny(), **FAST)
+    message = str(caught[0].message)
+    assert message.startswith("could not write the segviz cache entry ")
+    assert f"({type(error).__name__}: {error}); the trained model is returned but not cached" in message
+    assert result.cache_path is None and not result.from_cache
+    assert result.losses == reference.losses and result.val_miou == reference.val_miou
+    assert_same_weights(weights(result.model), weights(reference.model))
+    assert not list(cache.glob("*")) if cache.exists() else True  # no half-written entry, no temporary file
+
+
+def test_metadata_write_failure_removes_the_weights_so_the_next_run_is_clean(cache, monkeypatch):
+    import pathlib
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pathlib.Path, "write_text", _raiser(RuntimeError("json writer broke")))
+        with pytest.warns(UserWarning, match=r"could not write .*RuntimeError: json writer broke"):
+            first = train(tiny(), **FAST)
+    assert first.cache_path is None and len(first.losses) == 3
+    assert cache.exists() and not list(cache.glob("*"))  # the weights written before the failure are gone too
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "broken entry" warning: nothing half-written was left
+        second = train(tiny(), **FAST)
+        third = train(tiny(), **FAST)
+    assert not second.from_cache and third.from_cache and third.cache_path.parent == cache
+
+
+def test_read_only_cache_folder_simulated(cache, monkeypatch):
+    monkeypatch.setattr(os, "replace", _raiser(PermissionError(13, "Permission denied")))
+    with pytest.warns(UserWarning, match=r"could not write .*PermissionError: \[Errno 13\] Permission denied"):
+        result = train(tiny(), **FAST)
+    assert result.cache_path is None and len(result.losses) == 3 and result.val_miou is not None
+    assert not list(cache.glob("*"))
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can write into a read-only folder")
+def test_read_only_cache_folder(cache):
+    cache.mkdir(parents=True)
+    cache.chmod(0o500)
+    try:
+        with pytest.warns(UserWarning, match="could not write"):
+            result = train(tiny(), **FAST)
+    finally:
+        cache.chmod(0o700)
+    assert result.cache_path is None and len(result.losses) == 3
+
+
+# --------------------------------------------------------------------------- the model's own loss
+class OwnLoss(nn.Module):
+    """forward returns a dict (as set-prediction heads do); ``loss`` and ``predict`` read it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = TinyNet(4)
+        self.loss_calls = []
+        self.segviz_name = "own-loss"
+
+    def forward(self, x):
+        return {"coarse": self.net(x), "size": x.shape[-2:]}
+
+    def loss(self, outputs, target):
+        self.loss_calls.append(tuple(target.shape))
+        logits = nn.functional.interpolate(outputs["coarse"], size=tuple(target.shape[-2:]), mode="nearest")
+        return nn.functional.cross_entropy(logits, target, label_smoothing=0.1)
+
+    def predict(self, x):
+        out = self(x)
+        return nn.functional.interpolate(out["coarse"], size=tuple(out["size"]), mode="nearest")
+
+
+def test_the_models_own_loss_is_used_and_predict_validates(cache):
+    model = OwnLoss()
+    before = weights(model)
+    result = train(model, **FAST)
+    assert model.loss_calls == [(4, 16, 16)] * 3  # once per step, on the labels
+    assert 0 <= result.val_miou <= 1  # evaluated through predict: forward's dict is no logits
+    assert not torch.equal(weights(model)["net.0.0.weight"], before["net.0.0.weight"])
+    plain = OwnLoss()
+    plain.loss = None  # not callable: the trainer falls back to cross-entropy, which needs logits
+    with pytest.raises(ValueError, match=r"train expects model\(x\) to return .* got dict"):
+        train(plain, **FAST, cache=False)
+
+
+@pytest.mark.parametrize("returned, got", [
+    (lambda out: out["coarse"].mean(dim=(2, 3)), "a tensor of shape (4, 5)"),
+    (lambda out: 1.0, "float"),
+    (lambda out: torch.tensor(1.0), "a tensor of shape () without grad"),
+])
+def test_own_loss_must_return_a_scalar_tensor_with_grad(returned, got):
+    model = OwnLoss()
+    model.loss = lambda outputs, target: returned(outputs)
+    with pytest.raises(ValueError) as err:
+        train(model, **FAST, cache=False)
+    assert str(err.value) == f"model.loss(outputs, target) must return a scalar tensor with grad, got {got}"
