@@ -1,5 +1,4 @@
 """Inference spatial reduction: restore, bit-identity, validation, pooling, and the FLOP reduction."""
-import numpy as np
 import pytest
 import torch
 
@@ -153,87 +152,6 @@ def test_models_without_isr_roles_are_refused():
         set_isr(torch.nn.Conv2d(3, 3, 1), encoder=(1,))
 
 
-@pytest.mark.parametrize("encoder", [
-    torch.tensor([16, 8, 2, 1]), np.array([16, 8, 2, 1]), np.array([16, 8, 2, 1], dtype=np.int32),
-    [np.int64(16), torch.tensor(8), 2, 1],
-])
-def test_ratios_may_be_integer_arrays_and_tensors(eda, encoder):
-    with isr(eda, encoder=encoder, decoder=torch.tensor([8, 4, 2])) as in_force:
-        assert in_force == {"encoder": (16, 8, 2, 1), "decoder": (8, 4, 2)}
-        assert all(type(r) is int for r in in_force["encoder"])
-    assert current_ratios(eda) == TRAIN
-
-
-ENCODER_NEEDS = "encoder ratios need 4 values, one per encoder stage 1, 2, 3, 4 in that order " \
-    "(a tuple, list, or 1-D integer array); got "
-
-
-@pytest.mark.parametrize("encoder, message", [
-    (16, ENCODER_NEEDS + "an int: 16"),
-    ("8421", ENCODER_NEEDS + "a str: '8421'"),
-    ({1: 16}, ENCODER_NEEDS + "a dict: {1: 16}"),
-    (np.array([16, 8, 2]), ENCODER_NEEDS + "3 values: array([16,  8,  2])"),
-    (np.array([[16, 8, 2, 1]]), ENCODER_NEEDS + "a 2-D array: array([[16,  8,  2,  1]])"),
-    (torch.tensor(16), ENCODER_NEEDS + "a 0-D tensor: tensor(16)"),
-    ((16,), ENCODER_NEEDS + "1 value: (16,)"),
-    (torch.tensor([16.0, 8, 2, 1]), "encoder stage 1: reduction ratios are integers, got 16.0; allowed: "
-                                    "positive integers up to the feature map's shorter side"),
-    (np.array([16, 8, 2.5, 1]), "encoder stage 1: reduction ratios are integers, got 16.0; allowed: "),
-    ((16, 8, "2", 1), "encoder stage 3: reduction ratios are integers, got '2'; allowed: "),
-    ((16, 8, None, 1), "encoder stage 3: reduction ratios are integers, got None; allowed: "),
-    ((16, 8, 2.0, 1), "encoder stage 3: reduction ratios are integers, got 2.0; allowed: "),
-    ((16, np.bool_(True), 2, 1), "encoder stage 2: reduction ratios are integers, got True; allowed: "),
-    ((16, torch.tensor(True), 2, 1), "encoder stage 2: reduction ratios are integers, got True; allowed: "),
-    (np.array([16, 0, 2, 1]), "encoder stage 2: reduction ratio 0 is out of range; allowed: "),
-])
-def test_bad_ratio_types_are_refused_and_change_nothing(eda, encoder, message):
-    with pytest.raises(ValueError) as err:
-        set_isr(eda, encoder=encoder)
-    assert str(err.value).startswith(message)
-    assert current_ratios(eda) == TRAIN
-
-
-@pytest.mark.parametrize("pool", [None, 1, "Avg", np.array(["avg"]), ("avg",)])
-def test_bad_pool_is_refused(eda, pool):
-    with pytest.raises(ValueError, match=r"pool must be one of \('avg', 'max'\), got "):
-        set_isr(eda, pool=pool)
-
-
-@pytest.mark.parametrize("size", [(64, 48), [64, 48], np.array([64, 48]), torch.tensor([64, 48]),
-                                  torch.Size([64, 48]), (np.int16(64), torch.tensor(48))])
-def test_feature_sizes_accept_integer_sequences(seg, size):
-    assert feature_sizes(seg, size)["encoder"][1] == (16, 12)
-
-
-INPUT_SIZE = "input_size must be (H, W) with two positive integers, got "
-
-
-@pytest.mark.parametrize("size, reason", [
-    ((64.5, 64), "(64.5, 64) (64.5 is not an integer)"),
-    ((64.0, 64), "(64.0, 64) (64.0 is not an integer)"),
-    ((True, 64), "(True, 64) (True is not an integer)"),
-    (("64", 64), "('64', 64) ('64' is not an integer)"),
-    ((64, None), "(64, None) (None is not an integer)"),
-    ((64,), "(64,) (1 value, not 2)"),
-    ((1, 3, 64, 64), "(1, 3, 64, 64) (4 values, not 2)"),
-    ((64, 0), "(64, 0) (0 is below 1)"),
-    ((-64, 64), "(-64, 64) (-64 is below 1)"),
-    (64, "64 (an int, not a flat sequence of integers)"),
-    ("64x64", "'64x64' (a str, not a flat sequence of integers)"),
-    (None, "None (not a sequence)"),
-    (np.array([64.0, 64.0]), "array([64., 64.]) (64.0 is not an integer)"),
-])
-def test_bad_input_sizes_are_refused(seg, size, reason):
-    with pytest.raises(ValueError) as err:
-        feature_sizes(seg, size)
-    assert str(err.value) == INPUT_SIZE + reason
-    if size is not None:  # set_isr's input_size=None means "do not check against a size"
-        with pytest.raises(ValueError) as err:
-            set_isr(seg, encoder=(16, 8, 2, 1), input_size=size)
-        assert str(err.value) == INPUT_SIZE + reason
-    assert current_ratios(seg) == {"encoder": (8, 4, 2, 1)}
-
-
 # ---------------------------------------------------------------------------------------
 # Costs: segviz.flops sees ISR, and each stage's attention falls as N² / R²
 # ---------------------------------------------------------------------------------------
@@ -284,3 +202,43 @@ def test_flops_on_segformer_reflect_isr(seg):
         assert (base.per_module[name] - reduced.per_module[name]) * 1e9 == pytest.approx(expected)
         assert nk1 * 4 == nk0
     assert reduced.total < base.total
+
+
+# ---------------------------------------------------------------------------------------
+# SegFormer's ISR order: learned conv -> LayerNorm -> extra pooling -> kv Linear, as the
+# official EDAFormer code's modified MiT does (not conv -> pooling -> LayerNorm)
+# ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def test_segformer_isr_pools_after_the_layer_norm_by_hand():
+    from segviz.models.segformer import EfficientSelfAttention
+
+    attn = EfficientSelfAttention(dim=2, num_heads=1, sr_ratio=2)
+    attn.sr.weight.zero_()
+    attn.sr.bias.zero_()
+    attn.sr.weight[0, 0, 0, 0] = attn.sr.weight[1, 1, 0, 0] = 1.0  # the conv picks each 2x2 block's top-left pixel
+    attn.norm.weight.copy_(torch.tensor([2.0, 3.0]))
+    attn.norm.bias.copy_(torch.tensor([0.5, -0.25]))
+    m = torch.randn(1, 2, 4, 4)  # a 4x4 map of 2 channels; only the top-left pixels reach the keys
+    for (y, x), value in {(0, 0): (1.0, 0.0), (0, 2): (0.0, 1.0), (2, 0): (3.0, 0.0), (2, 2): (0.0, 5.0)}.items():
+        m[0, :, y, x] = torch.tensor(value)
+    tokens = m.flatten(2).transpose(1, 2)  # (1, 16, 2)
+    attn.inference_ratio = 4  # ISR: the 2x2 map after the conv is pooled by 4 // 2 = 2 to one key token
+    # By hand: LayerNorm over two channels sends (a, b) to gain * (±1, ∓1) + bias; the four picked
+    # pixels give (+, -), (-, +), (+, -), (-, +), whose mean is 0, so pooling after the norm leaves
+    # the bias (0.5, -0.25). Pooling first would normalise the mean pixel (1, 1.5): (-2, 3) + bias.
+    official = torch.tensor([0.5, -0.25])
+    pooled_first = torch.tensor([-1.5, 2.75])
+    kv, k_hw = attn.reduce(tokens, (4, 4))
+    assert k_hw == (1, 1)
+    torch.testing.assert_close(kv[0, 0], official, atol=1e-4, rtol=0)
+    assert (kv[0, 0] - pooled_first).abs().max() > 1
+    # one key token: every query's output is proj(V) with V the value half of kv(x̂)
+    value = torch.nn.functional.linear(official, attn.kv.weight[2:], attn.kv.bias[2:])
+    expected = torch.nn.functional.linear(value, attn.proj.weight, attn.proj.bias).expand(1, 16, 2)
+    torch.testing.assert_close(attn(tokens, (4, 4)), expected, atol=1e-4, rtol=0)
+    # at the training ratio nothing is pooled: conv -> LayerNorm gives the four normalised pixels
+    attn.inference_ratio = None
+    kv, k_hw = attn.reduce(tokens, (4, 4))
+    signs = torch.tensor([[1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [-1.0, 1.0]])
+    assert k_hw == (2, 2)
+    torch.testing.assert_close(kv[0], signs * torch.tensor([2.0, 3.0]) + official, atol=1e-4, rtol=0)

@@ -166,7 +166,7 @@ def test_attention_reduces_each_side_by_sr():
     assert not hasattr(plain, "sr") and plain.reduce(x, (16, 12))[0] is x
 
 
-def test_isr_hook_pools_after_the_learned_conv():
+def test_isr_hook_pools_after_the_learned_conv_and_its_norm():
     model = segviz.create_model("segformer-nano").eval()
     roles = [(blk.attn.isr_role, blk.attn.train_ratio) for s in model.encoder.stages for blk in s.blocks]
     assert roles == [(("encoder", 1), 8), (("encoder", 2), 4), (("encoder", 3), 2), (("encoder", 4), 1)]
@@ -178,9 +178,11 @@ def test_isr_hook_pools_after_the_learned_conv():
     assert rec.attention["encoder.stages.0.blocks.0.attn"].k_hw == (2, 2)  # 32 / 16
     assert rec.attention["encoder.stages.3.blocks.0.attn"].k_hw == (2, 2)  # 4 / 2
     x = torch.randn(1, 32 * 32, 16)
-    kv, _ = attn1.reduce(x, (32, 32))
-    expected = attn1.norm(nn.functional.avg_pool2d(attn1.sr(x.transpose(1, 2).reshape(1, 16, 32, 32)), 2)
-                          .flatten(2).transpose(1, 2))
+    kv, k_hw = attn1.reduce(x, (32, 32))
+    conv = attn1.sr(x.transpose(1, 2).reshape(1, 16, 32, 32))  # (1, 16, 4, 4)
+    normed = attn1.norm(conv.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(1, 16, 4, 4)
+    expected = nn.functional.avg_pool2d(normed, 2).flatten(2).transpose(1, 2)
+    assert k_hw == (2, 2)
     torch.testing.assert_close(kv, expected)
 
 

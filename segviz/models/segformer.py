@@ -79,10 +79,17 @@ class EfficientSelfAttention(SpatialReductionAttention):
     LayerNorm: they attend over all N tokens.
 
     Inference spatial reduction (ISR, from the EDAFormer paper): :func:`segviz.isr` can set
-    a larger per-side ratio for inference only. It must be a multiple of ``sr_ratio``; the
-    learned conv runs first, then the map is pooled by ``ratio // sr_ratio``, then LayerNorm
-    and the k/v Linear. SegFormer was *not* trained with ISR (EDAFormer was), so expect
-    some loss of accuracy when using it here.
+    a larger per-side ratio for inference only. It must be a multiple of ``sr_ratio``. As in
+    the official EDAFormer code's modified MiT (``mix_transformer.py``), the learned conv and
+    its LayerNorm run first, then the map is average-pooled by ``ratio // sr_ratio``, then
+    the k/v Linear:
+
+        x̂ = AvgPool_{ratio / sr}(LayerNorm(Conv_{sr, stride sr}(x as map)))
+
+    The official code does this only in stages with ``sr_ratio > 1``. Pooling a stage with
+    ``sr_ratio == 1`` (no conv, no LayerNorm: x̂ = AvgPool_{ratio}(x)) is an *extension* of
+    segviz beyond the official code. SegFormer was *not* trained with ISR (EDAFormer was),
+    so expect some loss of accuracy when using it here.
     """
 
     def __init__(self, dim: int, num_heads: int, sr_ratio: int, qkv_bias: bool = True, eps: float = PLAIN_EPS):
@@ -106,17 +113,19 @@ class EfficientSelfAttention(SpatialReductionAttention):
             )
 
     def reduce(self, x: Tensor, hw: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
-        """The key/value tokens: (B, N, C) -> (B, Nk, C) and their grid (kh, kw)."""
-        if self.ratio == 1:
-            return x, hw
-        m = tokens_to_map(x, hw)
+        """The key/value tokens: (B, N, C) -> (B, Nk, C) and their grid (kh, kw).
+
+        conv -> LayerNorm (stages with ``sr_ratio > 1``), then ISR's extra pooling, if any.
+        """
+        kv, k_hw = x, tuple(hw)
         if self.sr_ratio > 1:
-            m = self.sr(m)
-        m = self.pool(m, self.ratio // self.sr_ratio)
-        kv = map_to_tokens(m)
-        if self.sr_ratio > 1:
-            kv = self.norm(kv)
-        return kv, tuple(m.shape[-2:])
+            m = self.sr(tokens_to_map(x, hw))
+            kv, k_hw = self.norm(map_to_tokens(m)), tuple(m.shape[-2:])
+        factor = self.ratio // self.sr_ratio
+        if factor > 1:
+            m = self.pool(tokens_to_map(kv, k_hw), factor)
+            kv, k_hw = map_to_tokens(m), tuple(m.shape[-2:])
+        return kv, k_hw
 
     def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
         b, n, c = x.shape
