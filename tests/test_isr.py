@@ -1,4 +1,5 @@
 """Inference spatial reduction: restore, bit-identity, validation, pooling, and the FLOP reduction."""
+import numpy as np
 import pytest
 import torch
 
@@ -150,6 +151,87 @@ def test_segformer_has_only_an_encoder_group_and_sr_multiples(seg):
 def test_models_without_isr_roles_are_refused():
     with pytest.raises(ValueError, match="no spatial-reduction attention"):
         set_isr(torch.nn.Conv2d(3, 3, 1), encoder=(1,))
+
+
+@pytest.mark.parametrize("encoder", [
+    torch.tensor([16, 8, 2, 1]), np.array([16, 8, 2, 1]), np.array([16, 8, 2, 1], dtype=np.int32),
+    [np.int64(16), torch.tensor(8), 2, 1],
+])
+def test_ratios_may_be_integer_arrays_and_tensors(eda, encoder):
+    with isr(eda, encoder=encoder, decoder=torch.tensor([8, 4, 2])) as in_force:
+        assert in_force == {"encoder": (16, 8, 2, 1), "decoder": (8, 4, 2)}
+        assert all(type(r) is int for r in in_force["encoder"])
+    assert current_ratios(eda) == TRAIN
+
+
+ENCODER_NEEDS = "encoder ratios need 4 values, one per encoder stage 1, 2, 3, 4 in that order " \
+    "(a tuple, list, or 1-D integer array); got "
+
+
+@pytest.mark.parametrize("encoder, message", [
+    (16, ENCODER_NEEDS + "an int: 16"),
+    ("8421", ENCODER_NEEDS + "a str: '8421'"),
+    ({1: 16}, ENCODER_NEEDS + "a dict: {1: 16}"),
+    (np.array([16, 8, 2]), ENCODER_NEEDS + "3 values: array([16,  8,  2])"),
+    (np.array([[16, 8, 2, 1]]), ENCODER_NEEDS + "a 2-D array: array([[16,  8,  2,  1]])"),
+    (torch.tensor(16), ENCODER_NEEDS + "a 0-D tensor: tensor(16)"),
+    ((16,), ENCODER_NEEDS + "1 value: (16,)"),
+    (torch.tensor([16.0, 8, 2, 1]), "encoder stage 1: reduction ratios are integers, got 16.0; allowed: "
+                                    "positive integers up to the feature map's shorter side"),
+    (np.array([16, 8, 2.5, 1]), "encoder stage 1: reduction ratios are integers, got 16.0; allowed: "),
+    ((16, 8, "2", 1), "encoder stage 3: reduction ratios are integers, got '2'; allowed: "),
+    ((16, 8, None, 1), "encoder stage 3: reduction ratios are integers, got None; allowed: "),
+    ((16, 8, 2.0, 1), "encoder stage 3: reduction ratios are integers, got 2.0; allowed: "),
+    ((16, np.bool_(True), 2, 1), "encoder stage 2: reduction ratios are integers, got True; allowed: "),
+    ((16, torch.tensor(True), 2, 1), "encoder stage 2: reduction ratios are integers, got True; allowed: "),
+    (np.array([16, 0, 2, 1]), "encoder stage 2: reduction ratio 0 is out of range; allowed: "),
+])
+def test_bad_ratio_types_are_refused_and_change_nothing(eda, encoder, message):
+    with pytest.raises(ValueError) as err:
+        set_isr(eda, encoder=encoder)
+    assert str(err.value).startswith(message)
+    assert current_ratios(eda) == TRAIN
+
+
+@pytest.mark.parametrize("pool", [None, 1, "Avg", np.array(["avg"]), ("avg",)])
+def test_bad_pool_is_refused(eda, pool):
+    with pytest.raises(ValueError, match=r"pool must be one of \('avg', 'max'\), got "):
+        set_isr(eda, pool=pool)
+
+
+@pytest.mark.parametrize("size", [(64, 48), [64, 48], np.array([64, 48]), torch.tensor([64, 48]),
+                                  torch.Size([64, 48]), (np.int16(64), torch.tensor(48))])
+def test_feature_sizes_accept_integer_sequences(seg, size):
+    assert feature_sizes(seg, size)["encoder"][1] == (16, 12)
+
+
+INPUT_SIZE = "input_size must be (H, W) with two positive integers, got "
+
+
+@pytest.mark.parametrize("size, reason", [
+    ((64.5, 64), "(64.5, 64) (64.5 is not an integer)"),
+    ((64.0, 64), "(64.0, 64) (64.0 is not an integer)"),
+    ((True, 64), "(True, 64) (True is not an integer)"),
+    (("64", 64), "('64', 64) ('64' is not an integer)"),
+    ((64, None), "(64, None) (None is not an integer)"),
+    ((64,), "(64,) (1 value, not 2)"),
+    ((1, 3, 64, 64), "(1, 3, 64, 64) (4 values, not 2)"),
+    ((64, 0), "(64, 0) (0 is below 1)"),
+    ((-64, 64), "(-64, 64) (-64 is below 1)"),
+    (64, "64 (an int, not a flat sequence of integers)"),
+    ("64x64", "'64x64' (a str, not a flat sequence of integers)"),
+    (None, "None (not a sequence)"),
+    (np.array([64.0, 64.0]), "array([64., 64.]) (64.0 is not an integer)"),
+])
+def test_bad_input_sizes_are_refused(seg, size, reason):
+    with pytest.raises(ValueError) as err:
+        feature_sizes(seg, size)
+    assert str(err.value) == INPUT_SIZE + reason
+    if size is not None:  # set_isr's input_size=None means "do not check against a size"
+        with pytest.raises(ValueError) as err:
+            set_isr(seg, encoder=(16, 8, 2, 1), input_size=size)
+        assert str(err.value) == INPUT_SIZE + reason
+    assert current_ratios(seg) == {"encoder": (8, 4, 2, 1)}
 
 
 # ---------------------------------------------------------------------------------------
