@@ -8,10 +8,12 @@ import torch.nn.functional as F
 
 import segviz
 from segviz.inspect import capture, count_params
+from segviz.inspect.isr import isr
 from segviz.models.edaformer import (
     AllAttentionDecoder, EDAFormer, EFTBlock, EFTEncoder, EmbeddingFreeAttention, EncoderFeedForward,
+    checkpoint_filter_fn, to_official,
 )
-from segviz.models.edaformer_weights import to_official
+from segviz.registry import get_spec
 from segviz.models.segformer import MixFFN
 from segviz.nn import map_to_tokens, tokens_to_map
 
@@ -101,7 +103,7 @@ def test_eft_block_is_pre_norm_residual(decoder):
 
 def test_encoder_stage_shapes_and_feature_records():
     enc = EFTEncoder(NANO["embed_dims"], NANO["num_heads"], NANO["depths"], (8, 4, 2, 1), mlp_ratio=4.0)
-    with capture(enc, kinds=["feature"]) as rec:
+    with capture(enc, kinds=["feature"], features="stages.*") as rec:  # a part of a model: name its features
         feats = enc(torch.randn(2, 3, 128, 96))
     assert [tuple(f.shape) for f in feats] == [(2, 16, 32, 24), (2, 32, 16, 12), (2, 64, 8, 6), (2, 128, 4, 3)]
     assert sorted(rec.features) == [f"stages.{i}" for i in range(4)]
@@ -115,7 +117,7 @@ def test_encoder_stage_shapes_and_feature_records():
 def test_decoder_upsamples_and_concatenates_deepest_first():
     dec = AllAttentionDecoder((32, 64, 128), (2, 4, 8), (3, 2, 1), (4, 2, 1), 2.0, 24, num_classes=5).eval()
     feats = [torch.randn(1, c, s, s) for c, s in ((16, 32), (32, 16), (64, 8), (128, 4))]
-    with capture(dec, kinds=["feature"]) as rec:
+    with capture(dec, kinds=["feature"], features="stage*") as rec:
         out = dec(feats)
     assert out.shape == (1, 5, 16, 16)
     s2, s3, s4 = (rec.features[f"stage{s}"] for s in (2, 3, 4))
@@ -148,9 +150,23 @@ def test_model_logits_at_one_eighth_and_bad_input():
 
 @pytest.mark.parametrize("bad, match", [
     (dict(num_heads=(1, 3, 4, 8)), "stage 2 width 32 is not divisible by its 3 heads"),
+    (dict(num_heads=(1, 2, 0, 8)), "num_heads must all be at least 1"),
     (dict(depths=(1, 1, 1)), "depths needs 4 integers"),
+    (dict(depths=(1, -1, 2, 1)), r"EDAFormer: depths must all be at least 1, got \(1, -1, 2, 1\)"),
+    (dict(embed_dims=(16, 32, 0, 128)), "embed_dims must all be at least 1"),
     (dict(decoder_depths=(3, 0, 1)), "decoder_depths must all be at least 1"),
+    (dict(decoder_depths=(3, 2)), r"decoder_depths needs 3 integers, one per decoder stage \(4, 3, 2\)"),
     (dict(pool_ratios=(8, 4, 2.5, 1)), "pool_ratios needs 4 integers"),
+    (dict(pool_ratios=(8, 4, 2, 0)), "pool_ratios must all be at least 1"),
+    (dict(decoder_pool_ratios=(4, -2, 1)), "decoder_pool_ratios must all be at least 1"),
+    (dict(mlp_ratio=-1.0), "EDAFormer: mlp_ratio must be a positive finite number, got -1.0"),
+    (dict(decoder_mlp_ratio=float("inf")), "decoder_mlp_ratio must be a positive finite number, got inf"),
+    (dict(decoder_dim=0), "EDAFormer: decoder_dim must be an integer >= 1, got 0"),
+    (dict(num_classes=-3), "EDAFormer: num_classes must be an integer >= 1, got -3"),
+    (dict(in_chans=0), "EDAFormer: in_chans must be an integer >= 1, got 0"),
+    (dict(drop_path_rate=-0.1), r"drop_path_rate must be a number in \[0, 1\), got -0.1"),
+    (dict(decoder_drop_path=1), r"decoder_drop_path must be a number in \[0, 1\), got 1"),
+    (dict(dropout=1.5), r"EDAFormer: dropout must be a number in \[0, 1\), got 1.5"),
 ])
 def test_config_errors(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -166,12 +182,59 @@ def test_official_initialisation():
     assert torch.equal(model.decoder.stage4.blocks[0].attn.norm.weight, torch.ones(128))
 
 
-def test_published_parameter_counts():
-    """EDAFormer paper (Yu et al. 2024, ADE20K table): T 4.9 M, B 29.4 M parameters."""
+def test_model_predict_is_at_input_size():
+    model = segviz.create_model("edaformer-nano").eval()
+    x = torch.randn(2, 3, 72, 88)
+    with torch.no_grad():
+        full = model.predict(x)
+        expected = F.interpolate(model(x), size=(72, 88), mode="bilinear", align_corners=False)
+    assert full.shape == (2, 5, 72, 88)
+    assert torch.equal(full, expected)
+
+
+@pytest.mark.parametrize("name", ["edaformer-t", "edaformer-b"])
+def test_published_parameter_counts(name):
+    """The official code's exact counts (less its unused conv_seg), read from the registry entry."""
+    pub = get_spec(name).published
+    with torch.device("meta"):
+        model = segviz.create_model(name)
+    assert count_params(model) == pub["params"]
+    assert pub["params_official"] - pub["params"] == 19_350  # conv_seg: 150 x 128 + 150 (T); B as the official
+    assert round(pub["params"] / 1e6, 1) == pub["params_m"]
+
+
+@pytest.mark.parametrize("name", ["edaformer-t", "edaformer-b"])
+def test_published_gmacs_with_and_without_isr(name):
+    """GMACs as FlopCounterMode counts the official code (the *_flop_counter figures), and ISR's savings."""
+    pub = get_spec(name).published
+    with torch.device("meta"):
+        model = segviz.create_model(name, num_classes=pub["num_classes"]).eval()
+    shape = (1, 3, *pub["input_size"])
+    assert segviz.flops(model, shape, device="meta").total == pytest.approx(pub["gmacs_flop_counter"], abs=0.015)
+    assert pub["gmacs_flop_counter"] == pytest.approx(pub["gmacs"], rel=0.01)  # mmcv adds biases, ReLU, pooling
+    for setting in pub["isr"]:
+        with isr(model, encoder=setting["encoder"], decoder=setting["decoder"]):
+            total = segviz.flops(model, shape, device="meta").total
+        assert total == pytest.approx(setting["gmacs_flop_counter"], abs=0.015)
+
+
+def test_published_cityscapes_isr_saving():
+    """EDAFormer-T on a full Cityscapes image: 151.5 GMACs, -37% and -61% (the paper's "up to 61%") with ISR."""
+    city = get_spec("edaformer-t").published["cityscapes"]
+    with torch.device("meta"):
+        model = segviz.create_model("edaformer-t", num_classes=city["num_classes"]).eval()
+    shape = (1, 3, *city["input_size"])
+    base = segviz.flops(model, shape, device="meta").total
+    assert base == pytest.approx(city["gmacs"], rel=0.01)
+    for setting in city["isr"]:
+        with isr(model, encoder=setting["encoder"], decoder=setting["decoder"]):
+            reduced = segviz.flops(model, shape, device="meta").total
+        assert 1 - reduced / base == pytest.approx(1 - setting["gmacs"] / city["gmacs"], abs=0.01)
+
+
+def test_published_config_details():
     with torch.device("meta"):
         tiny, base = segviz.create_model("edaformer-t"), segviz.create_model("edaformer-b")
-    assert round(count_params(tiny) / 1e6, 1) == 4.9
-    assert round(count_params(base) / 1e6, 1) == 29.4
     assert tiny.encoder.stages[0].blocks[0].mlp.fc1.out_features == int(32 * 3.8)
     assert base.decoder.fuse.conv.out_channels == 768 and tiny.decoder.fuse.conv.out_channels == 128
     assert len(base.encoder.stages[2].blocks) == 22
@@ -248,3 +311,15 @@ def test_official_checkpoint_errors(tmp_path, trained_nano):
     torch.save(_official(trained_nano), path)
     with pytest.raises(ValueError, match="5-class classifier .* pass num_classes=5"):
         segviz.create_model("edaformer-nano", num_classes=19, weights=str(path))
+
+
+def test_checkpoint_filter_reads_both_layouts_and_refuses_others(trained_nano):
+    own = trained_nano.state_dict()
+    official = _official(trained_nano)
+    del official["decode_head.linear_fuse.bn.num_batches_tracked"]  # some files lack the counter
+    for given in (own, official):
+        converted = checkpoint_filter_fn(given, trained_nano)
+        assert converted.keys() == own.keys()
+        assert all(torch.equal(converted[k], own[k]) for k in own if not k.endswith("num_batches_tracked"))
+    with pytest.raises(ValueError, match="not an EDAFormer checkpoint in a known layout.*segformer.encoder"):
+        checkpoint_filter_fn({"segformer.encoder.block.0.0.x": torch.zeros(1)}, trained_nano)

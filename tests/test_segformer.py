@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import segviz
+from segviz.registry import get_spec
 from segviz.models.segformer import (
     EfficientSelfAttention,
     MixFFN,
@@ -14,15 +15,8 @@ from segviz.models.segformer import (
     SegFormer,
 )
 
-# Xie et al. 2021, Table 1 (150-class head): encoder M, decoder M, total M, GFLOPs (= GMACs), at input size
-PUBLISHED = {
-    "segformer-b0": (3.4, 0.4, 3.8, 8.4, 512),
-    "segformer-b1": (13.1, 0.6, 13.7, 15.9, 512),
-    "segformer-b2": (24.2, 3.3, 27.5, 62.4, 512),
-    "segformer-b3": (44.0, 3.3, 47.3, 79.0, 512),
-    "segformer-b4": (60.8, 3.3, 64.1, 95.7, 512),
-    "segformer-b5": (81.4, 3.3, 84.7, 183.3, 640),
-}
+# Xie et al. 2021, Table 1, as the registry entries carry it (segviz.registry.get_spec(name).published)
+PUBLISHED = {name: get_spec(name).published for name in segviz.list_models("segformer-b")}
 
 
 def meta_model(name, **kw):
@@ -32,8 +26,9 @@ def meta_model(name, **kw):
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_param_counts_match_the_paper(name):
-    enc_pub, dec_pub, total_pub, _, _ = PUBLISHED[name]
-    model = meta_model(name, num_classes=150)
+    pub = PUBLISHED[name]
+    enc_pub, dec_pub, total_pub = pub["encoder_params_m"], pub["decoder_params_m"], pub["params_m"]
+    model = meta_model(name, num_classes=pub["num_classes"])
     enc = segviz.count_params(model.encoder) / 1e6
     dec = segviz.count_params(model.decoder) / 1e6
     assert segviz.count_params(model) / 1e6 == pytest.approx(enc + dec)
@@ -47,13 +42,26 @@ def test_param_counts_match_the_paper(name):
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_gmacs_match_the_paper(name):
-    *_, gflops_pub, size = PUBLISHED[name]
-    report = segviz.flops(meta_model(name), (1, 3, size, size), device="meta")
-    assert report.total == pytest.approx(gflops_pub, rel=0.03)
+    pub = PUBLISHED[name]
+    report = segviz.flops(meta_model(name), (1, 3, *pub["input_size"]), device="meta")
+    assert report.total == pytest.approx(pub["gmacs"], rel=0.03)
     # the attention matmuls are part of the count (mmcv-style tables include them)
     attn = report.per_module["encoder.stages.0.blocks.0.attn"]
     linears = sum(report.per_module[f"encoder.stages.0.blocks.0.attn.{n}"] for n in ("q", "kv", "proj", "sr"))
     assert attn > linears
+
+
+def test_published_numbers_live_in_the_registry():
+    assert sorted(PUBLISHED) == [f"segformer-b{i}" for i in range(6)]
+    b0 = PUBLISHED["segformer-b0"]
+    assert (b0["params_m"], b0["gmacs"], b0["input_size"]) == (3.8, 8.4, (512, 512))
+    assert "Xie et al. 2021" in b0["source"]
+    with pytest.raises(TypeError):
+        b0["gmacs"] = 1.0  # read-only
+    assert get_spec("segformer-nano").published == {}
+    # B5's table entry is at 640x640; the paper gives 111.6 at 512x512 as well
+    b5 = segviz.flops(meta_model("segformer-b5"), (1, 3, 512, 512), device="meta")
+    assert b5.total == pytest.approx(PUBLISHED["segformer-b5"]["gmacs_at_512"], rel=0.03)
 
 
 def test_b0_stage_shapes_at_512():
@@ -198,10 +206,43 @@ def test_isr_ratio_must_be_a_multiple_of_sr():
 def test_bad_configs_are_clear_errors():
     with pytest.raises(ValueError, match="not divisible"):
         EfficientSelfAttention(dim=10, num_heads=3, sr_ratio=1)
-    with pytest.raises(ValueError, match="4 stages"):
+    with pytest.raises(ValueError, match="MixTransformer: depths needs 4 integers, one per stage"):
         MixTransformer(depths=(1, 1, 1))
     with pytest.raises(ValueError, match="unknown override"):
         segviz.create_model("segformer-nano", depth=3)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(depths=(2, -1, 2, 2)), r"SegFormer: depths must all be at least 1, got \(2, -1, 2, 2\)"),
+    (dict(depths=(2, 2, 2)), r"SegFormer: depths needs 4 integers, one per stage; got \(2, 2, 2\)"),
+    (dict(embed_dims=(32, 64, 0, 256)), r"embed_dims must all be at least 1"),
+    (dict(num_heads=(1, 2, 0, 8)), r"num_heads must all be at least 1"),
+    (dict(num_heads=(1, 3, 5, 8)), r"stage 2 width 64 is not divisible by its 3 heads"),
+    (dict(sr_ratios=(8, 4, 2, 0)), r"sr_ratios must all be at least 1"),
+    (dict(sr_ratios=(8, 4, 2.5, 1)), r"sr_ratios needs 4 integers"),
+    (dict(depths=(2, True, 2, 2)), r"depths needs 4 integers"),
+    (dict(layer_norm_eps=-1e-6), r"SegFormer: layer_norm_eps .* must be a positive finite number, got -1e-06"),
+    (dict(layer_norm_eps=float("nan")), r"layer_norm_eps .* must be a positive finite number, got nan"),
+    (dict(mlp_ratio=0), r"SegFormer: mlp_ratio must be a positive finite number, got 0"),
+    (dict(mlp_ratio=0.01), r"mlp_ratio=0.01 gives stage 1 \(width 32\) no hidden channels"),
+    (dict(decoder_dim=0), r"SegFormer: decoder_dim must be an integer >= 1, got 0"),
+    (dict(num_classes=0), r"SegFormer: num_classes must be an integer >= 1, got 0"),
+    (dict(in_chans=0), r"SegFormer: in_chans must be an integer >= 1, got 0"),
+    (dict(drop_path_rate=1.0), r"SegFormer: drop_path_rate must be a number in \[0, 1\), got 1.0"),
+    (dict(decoder_dropout=-0.1), r"SegFormer: decoder_dropout must be a number in \[0, 1\), got -0.1"),
+    (dict(qkv_bias="yes"), r"SegFormer: qkv_bias must be True or False"),
+])
+def test_every_config_field_is_validated(bad, match):
+    with pytest.raises(ValueError, match=match):
+        SegFormer(**bad)
+
+
+def test_other_input_channels():
+    model = SegFormer(num_classes=2, in_chans=1, embed_dims=(8, 8, 8, 8), depths=(1, 1, 1, 1),
+                      num_heads=(1, 1, 1, 1), decoder_dim=8).eval()
+    assert model.predict(torch.randn(1, 1, 64, 64)).shape == (1, 2, 64, 64)
+    with pytest.raises(ValueError, match=r"SegFormer expects a float tensor \(B, 1, H, W\)"):
+        model(torch.randn(1, 3, 64, 64))
 
 
 def test_mixffn_has_depthwise_conv_between_linears():

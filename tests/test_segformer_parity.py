@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 import transformers  # a test extra
 
 import segviz
-from segviz.models.segformer_weights import read_segformer_checkpoint
+from segviz.models.segformer import checkpoint_config, checkpoint_filter_fn
+from segviz.weights import read_state_dict
 
 HF_CONFIGS = {
     "segformer-b0": dict(hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2], decoder_hidden_size=256),
@@ -132,10 +133,13 @@ def test_nvlabs_layout(saved, tmp_path):
     name, hf, path = saved
     nvlabs = to_nvlabs(load_file(str(path / "model.safetensors")))
     torch.save({"meta": {"CLASSES": ["x"] * 150}, "state_dict": nvlabs}, tmp_path / "iter_160000.pth")
-    overrides, ours = read_segformer_checkpoint(str(tmp_path / "iter_160000.pth"), {})
-    assert overrides == {}  # the official epsilons are kept for official checkpoints
-    _, from_hf = read_segformer_checkpoint(str(path / "model.safetensors"), {})
-    assert ours.keys() == from_hf.keys()
+    with torch.device("meta"):
+        target = segviz.create_model(name, num_classes=150)
+    nv_file, hf_file = read_state_dict(tmp_path / "iter_160000.pth"), read_state_dict(path / "model.safetensors")
+    assert checkpoint_config(nv_file) == {}  # the official epsilons are kept for official checkpoints
+    assert checkpoint_config(hf_file) == {"layer_norm_eps": 1e-5}
+    ours, from_hf = checkpoint_filter_fn(nv_file, target), checkpoint_filter_fn(hf_file, target)
+    assert ours.keys() == from_hf.keys() == target.state_dict().keys()
     assert all(torch.equal(ours[k], from_hf[k]) for k in ours)
     # with HF's epsilons the NVlabs file gives HF's logits
     model = segviz.create_model(name, num_classes=150, weights=tmp_path / "iter_160000.pth", layer_norm_eps=1e-5)

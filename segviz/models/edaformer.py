@@ -16,22 +16,28 @@ Every EFA is a :class:`segviz.nn.SpatialReductionAttention`, so
 ``segviz.isr(model, encoder=..., decoder=...)`` (inference spatial reduction, the paper's
 Fig. 3) can change its key/value reduction ratio at inference on the same weights.
 
-Checkpoints in the official (mmseg) layout load through
-``create_model("edaformer-t", weights=PATH)``; see :mod:`segviz.models.edaformer_weights`.
+Checkpoints in the official (mmseg) layout, and segviz's own, load through
+``create_model("edaformer-t", weights=PATH)``; :func:`checkpoint_filter_fn` at the end of
+this file converts them.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segviz.nn import recording
 from segviz.models.segformer import MiTStage, MixFFN, OverlapPatchEmbed, init_official
 from segviz.nn import ConvBNReLU, DropPath, SpatialReductionAttention, attention, drop_path_rates
 from segviz.nn import FeaturePyramid, map_to_tokens, tokens_to_map
+from segviz.nn.checks import (
+    check_heads, check_hidden_width, check_int, check_int_list, check_positive, check_probability,
+)
+from segviz.nn.contract import SegmentationModel
 from segviz.registry import register
+from segviz.weights import drop_prefixes, fill_num_batches_tracked, rename_keys
 
 
 class EmbeddingFreeAttention(SpatialReductionAttention):
@@ -147,7 +153,7 @@ class EFTStage(MiTStage):
     It runs exactly like SegFormer's :class:`~segviz.models.segformer.MiTStage`, whose
     forward it inherits; only the blocks differ.
 
-    (B, C_in, H, W) -> (B, C, H / stride, W / stride); emits a "feature" record.
+    (B, C_in, H, W) -> (B, C, H / stride, W / stride); ``capture`` records its output as a "feature".
     """
 
     def __init__(self, stage: int, in_chans: int, dim: int, heads: int, depth: int, pool_ratio: int,
@@ -180,7 +186,7 @@ class DecoderStage(nn.Module):
     """EFT blocks (decoder version) on one encoder stage's map, at its own resolution.
 
     ``level`` is the encoder stage it reads (2, 3 or 4). (B, C, h, w) -> (B, C, h, w);
-    emits a "feature" record.
+    ``capture`` records its output as a "feature".
     """
 
     def __init__(self, level: int, dim: int, heads: int, depth: int, pool_ratio: int,
@@ -197,10 +203,7 @@ class DecoderStage(nn.Module):
         tokens = map_to_tokens(x)
         for block in self.blocks:
             tokens = block(tokens, hw)
-        out = tokens_to_map(tokens, hw)
-        if recording.wants(self, "feature"):
-            recording.emit(self, "feature", features=out)
-        return out
+        return tokens_to_map(tokens, hw)
 
 
 class AllAttentionDecoder(nn.Module):
@@ -246,25 +249,35 @@ class AllAttentionDecoder(nn.Module):
         return self.classifier(self.dropout(x))
 
 
-def _check_config(embed_dims, num_heads, depths, pool_ratios, decoder_depths, decoder_pool_ratios) -> None:
-    for name, value, length in (
-        ("embed_dims", embed_dims, 4), ("num_heads", num_heads, 4), ("depths", depths, 4),
-        ("pool_ratios", pool_ratios, 4), ("decoder_depths", decoder_depths, 3),
-        ("decoder_pool_ratios", decoder_pool_ratios, 3),
-    ):
-        if len(value) != length or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise ValueError(f"EDAFormer: {name} needs {length} integers, got {value!r}")
-    for name, value in (("embed_dims", embed_dims), ("num_heads", num_heads), ("depths", depths),
-                        ("decoder_depths", decoder_depths)):
-        if min(value) < 1:
-            raise ValueError(f"EDAFormer: {name} must all be at least 1, got {tuple(value)}")
-    for i, (dim, heads) in enumerate(zip(embed_dims, num_heads)):
-        if dim % heads:
-            raise ValueError(f"EDAFormer: stage {i + 1} width {dim} is not divisible by its {heads} heads")
+def check_config(num_classes, embed_dims, num_heads, depths, mlp_ratio, pool_ratios, decoder_depths,
+                 decoder_pool_ratios, decoder_mlp_ratio, decoder_dim, drop_path_rate, decoder_drop_path,
+                 dropout, in_chans) -> None:
+    """ValueError naming the field unless the EDAFormer config is buildable."""
+    owner = "EDAFormer"
+    check_int(owner, "num_classes", num_classes)
+    check_int(owner, "in_chans", in_chans)
+    embed_dims = check_int_list(owner, "embed_dims", embed_dims, 4)
+    num_heads = check_int_list(owner, "num_heads", num_heads, 4)
+    check_int_list(owner, "depths", depths, 4)
+    check_int_list(owner, "pool_ratios", pool_ratios, 4)
+    check_int_list(owner, "decoder_depths", decoder_depths, 3, per="decoder stage (4, 3, 2)")
+    check_int_list(owner, "decoder_pool_ratios", decoder_pool_ratios, 3, per="decoder stage (2, 3, 4)")
+    check_heads(owner, embed_dims, num_heads)
+    check_positive(owner, "mlp_ratio", mlp_ratio)
+    check_hidden_width(owner, "mlp_ratio", mlp_ratio, embed_dims)
+    check_positive(owner, "decoder_mlp_ratio", decoder_mlp_ratio)
+    check_hidden_width(owner, "decoder_mlp_ratio", decoder_mlp_ratio, embed_dims[1:])
+    check_int(owner, "decoder_dim", decoder_dim)
+    check_probability(owner, "drop_path_rate", drop_path_rate)
+    check_probability(owner, "decoder_drop_path", decoder_drop_path)
+    check_probability(owner, "dropout", dropout)
 
 
-class EDAFormer(nn.Module):
-    """EDAFormer: EFT encoder + all-attention decoder. (B, 3, H, W) -> (B, K, H/8, W/8).
+class EDAFormer(SegmentationModel):
+    """EDAFormer: EFT encoder + all-attention decoder.
+
+    ``forward``: (B, 3, H, W) -> logits (B, K, H/8, W/8) (what the official head returns).
+    ``predict``: the same logits upsampled bilinearly to (B, K, H, W).
 
     Args:
         num_classes: classifier size K.
@@ -278,19 +291,28 @@ class EDAFormer(nn.Module):
         drop_path_rate: stochastic depth over the encoder blocks, rising linearly from 0.
         decoder_drop_path: stochastic depth of every decoder block (official 0.1).
         dropout: before the classifier (official 0.1).
+        in_chans: input channels (3).
+
+    Every config field is checked here: a bad value is a ``ValueError`` naming the field.
 
     The decoder stage reading encoder stage s uses that stage's head count (for the official
     T and B configs this is the 8 / 4 / 2 heads the official head hard-codes).
     """
 
+    # module outputs that ``segviz.capture`` records as features by default (see segviz.nn.recording)
+    feature_modules = ("encoder.stages.*", "decoder.stage*")
+
     def __init__(self, num_classes: int = 150, embed_dims=(32, 64, 128, 256), num_heads=(1, 2, 4, 8),
                  depths=(2, 2, 10, 2), mlp_ratio: float = 3.8, pool_ratios=(8, 4, 2, 1),
                  decoder_depths=(3, 2, 1), decoder_pool_ratios=(4, 2, 1), decoder_mlp_ratio: float = 2.0,
                  decoder_dim: int = 128, drop_path_rate: float = 0.1, decoder_drop_path: float = 0.1,
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, in_chans: int = 3):
         super().__init__()
-        _check_config(embed_dims, num_heads, depths, pool_ratios, decoder_depths, decoder_pool_ratios)
-        self.encoder = EFTEncoder(embed_dims, num_heads, depths, pool_ratios, mlp_ratio, drop_path_rate)
+        check_config(num_classes, embed_dims, num_heads, depths, mlp_ratio, pool_ratios, decoder_depths,
+                     decoder_pool_ratios, decoder_mlp_ratio, decoder_dim, drop_path_rate, decoder_drop_path,
+                     dropout, in_chans)
+        self.num_classes, self.in_chans = num_classes, in_chans
+        self.encoder = EFTEncoder(embed_dims, num_heads, depths, pool_ratios, mlp_ratio, drop_path_rate, in_chans)
         self.decoder = AllAttentionDecoder(
             embed_dims[1:], num_heads[1:], decoder_depths, decoder_pool_ratios, decoder_mlp_ratio,
             decoder_dim, num_classes, dropout=dropout, drop_path=decoder_drop_path,
@@ -301,35 +323,142 @@ class EDAFormer(nn.Module):
             stage.apply(init_official)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"EDAFormer expects images of shape (B, 3, H, W), got {tuple(x.shape)}")
+        """(B, 3, H, W) float images -> logits (B, num_classes, H/8, W/8)."""
+        self.check_input(x)
         return self.decoder(self.encoder(x))
 
 
-def _reader(path: str, config: dict):
-    from segviz.models.edaformer_weights import read_official_checkpoint
-
-    return read_official_checkpoint(path, config)
-
-
+# ----------------------------------------------------------------------------------------
+# Variants, with the official code's numbers
+# ----------------------------------------------------------------------------------------
 _COMMON = dict(num_heads=(1, 2, 4, 8), pool_ratios=(8, 4, 2, 1), decoder_depths=(3, 2, 1),
                decoder_pool_ratios=(4, 2, 1))
+CONFIGS = {
+    "edaformer-t": dict(num_classes=150, embed_dims=(32, 64, 128, 256), depths=(2, 2, 10, 2), mlp_ratio=3.8,
+                        decoder_mlp_ratio=2.0, decoder_dim=128, **_COMMON),
+    "edaformer-b": dict(num_classes=150, embed_dims=(64, 128, 256, 512), depths=(3, 3, 22, 3), mlp_ratio=4.0,
+                        decoder_mlp_ratio=1.0, decoder_dim=768, **_COMMON),
+    "edaformer-nano": dict(num_classes=5, embed_dims=(16, 32, 64, 128), depths=(1, 1, 2, 1), mlp_ratio=4.0,
+                           decoder_mlp_ratio=2.0, decoder_dim=64, drop_path_rate=0.0, **_COMMON),
+}
+# From the official code with random weights (the paper's tables could not be read here):
+# parameters counted, GMACs ("GFLOPs") from its get_flops.py (mmcv's counter, which also counts
+# conv biases, ReLU and pooling) and, as *_flop_counter, from FlopCounterMode (matmuls and
+# convolutions only, what segviz.flops counts). ISR settings in segviz's order (decoder stages
+# 2, 3, 4); the official code's presets encoder "2211" / decoder "222" are the first one.
+_SOURCE = ("official code hyunwoo137/EDAFormer (ECCV 2024) with random weights: parameters counted, "
+           "GFLOPs from its get_flops.py (mmcv counter); ADE20K config, 150 classes, 512x512")
+PUBLISHED = {
+    "edaformer-t": dict(
+        params=4_929_914, params_official=4_949_264, params_m=4.9, gmacs=5.62, gmacs_flop_counter=5.59,
+        input_size=(512, 512), num_classes=150,
+        isr=(dict(encoder=(16, 8, 2, 1), decoder=(8, 4, 2), gmacs=4.70, gmacs_flop_counter=4.67),
+             dict(encoder=(16, 8, 4, 2), decoder=(8, 4, 2), gmacs=4.09, gmacs_flop_counter=4.05)),
+        cityscapes=dict(input_size=(1024, 2048), num_classes=19, gmacs=151.5,
+                        isr=(dict(encoder=(16, 8, 2, 1), decoder=(8, 4, 2), gmacs=94.8),
+                             dict(encoder=(16, 8, 4, 2), decoder=(8, 4, 2), gmacs=58.9))),
+        source=_SOURCE,
+    ),
+    "edaformer-b": dict(
+        params=29_438_166, params_official=29_457_516, params_m=29.4, gmacs=31.93, gmacs_flop_counter=31.82,
+        input_size=(512, 512), num_classes=150,
+        isr=(dict(encoder=(16, 8, 2, 1), decoder=(8, 4, 2), gmacs=29.37, gmacs_flop_counter=29.26),
+             dict(encoder=(16, 8, 4, 2), decoder=(8, 4, 2), gmacs=26.58, gmacs_flop_counter=26.47)),
+        source=_SOURCE,
+    ),
+}
+# (params_official includes the official model's unused 19,350-parameter decode_head.conv_seg.)
 
-register(
-    "edaformer-t", EDAFormer,
-    dict(num_classes=150, embed_dims=(32, 64, 128, 256), depths=(2, 2, 10, 2), mlp_ratio=3.8,
-         decoder_mlp_ratio=2.0, decoder_dim=128, **_COMMON),
-    reader=_reader, description="EDAFormer-T (ADE20K config): EFT-T encoder + {3-2-1} all-attention decoder",
-)
-register(
-    "edaformer-b", EDAFormer,
-    dict(num_classes=150, embed_dims=(64, 128, 256, 512), depths=(3, 3, 22, 3), mlp_ratio=4.0,
-         decoder_mlp_ratio=1.0, decoder_dim=768, **_COMMON),
-    reader=_reader, description="EDAFormer-B (ADE20K config): EFT-B encoder + {3-2-1} all-attention decoder",
-)
-register(
-    "edaformer-nano", EDAFormer,
-    dict(num_classes=5, embed_dims=(16, 32, 64, 128), depths=(1, 1, 2, 1), mlp_ratio=4.0,
-         decoder_mlp_ratio=2.0, decoder_dim=64, drop_path_rate=0.0, **_COMMON),
-    reader=_reader, description="tiny EDAFormer for CPU notebooks (5 Shapes classes, 128-256 px inputs)",
-)
+
+# ----------------------------------------------------------------------------------------
+# Reading checkpoints: the official (mmseg) layout and segviz's own
+# ----------------------------------------------------------------------------------------
+# A checkpoint file holds {"state_dict": {...}} or the state dict itself. Official keys:
+#
+#   official (mmseg)                                          segviz
+#   backbone.patch_embed{s}.{proj,norm}.*                     encoder.stages.{s-1}.patch_embed.*
+#   backbone.block{s}.{i}.{norm1,norm2,attn.sr,attn.proj}.*   encoder.stages.{s-1}.blocks.{i}.*
+#   backbone.block{s}.{i}.mlp.{fc1,fc2}.*                     encoder.stages.{s-1}.blocks.{i}.mlp.*
+#   backbone.block{s}.{i}.mlp.dwconv.dwconv.*                 encoder.stages.{s-1}.blocks.{i}.mlp.dwconv.*
+#   backbone.norm{s}.*                                        encoder.stages.{s-1}.norm.*
+#   decode_head.attn4 / attn44 / attn444.*                    decoder.stage4.blocks.{0,1,2}.*
+#   decode_head.attn3 / attn33.*, decode_head.attn2.*         decoder.stage3.blocks.*, decoder.stage2.blocks.*
+#   decode_head.linear_fuse.{conv,bn}.*                       decoder.fuse.{conv,bn}.*
+#   decode_head.linear_pred.*                                 decoder.classifier.*
+#   decode_head.conv_seg.*                                    (unused by the official head; dropped)
+#
+# (The official head names its j-th block on stage s by repeating the digit: attn4, attn44, ...)
+OFFICIAL_RULES = [
+    (r"^backbone\.patch_embed(\d)\.", lambda m: f"encoder.stages.{int(m[1]) - 1}.patch_embed."),
+    (r"^backbone\.block(\d)\.(\d+)\.", lambda m: f"encoder.stages.{int(m[1]) - 1}.blocks.{m[2]}."),
+    (r"^backbone\.norm(\d)\.", lambda m: f"encoder.stages.{int(m[1]) - 1}.norm."),
+    (r"^decode_head\.attn((\d)\2*)\.", lambda m: f"decoder.stage{m[2]}.blocks.{len(m[1]) - 1}."),
+    (r"\.mlp\.dwconv\.dwconv\.", ".mlp.dwconv."),
+    (r"^decode_head\.linear_fuse\.", "decoder.fuse."),
+    (r"^decode_head\.linear_pred\.", "decoder.classifier."),
+]
+_IGNORED = ("decode_head.conv_seg.",)
+
+
+def to_official(key: str) -> str:
+    """A segviz EDAFormer state-dict key in the official layout (the inverse of OFFICIAL_RULES)."""
+    if m := re.fullmatch(r"encoder\.stages\.(\d)\.patch_embed\.(.+)", key):
+        return f"backbone.patch_embed{int(m[1]) + 1}.{m[2]}"
+    if m := re.fullmatch(r"encoder\.stages\.(\d)\.blocks\.(\d+)\.(.+)", key):
+        return f"backbone.block{int(m[1]) + 1}.{m[2]}.{_official_dwconv(m[3])}"
+    if m := re.fullmatch(r"encoder\.stages\.(\d)\.norm\.(.+)", key):
+        return f"backbone.norm{int(m[1]) + 1}.{m[2]}"
+    if m := re.fullmatch(r"decoder\.stage(\d)\.blocks\.(\d+)\.(.+)", key):
+        return f"decode_head.attn{m[1] * (int(m[2]) + 1)}.{_official_dwconv(m[3])}"
+    if m := re.fullmatch(r"decoder\.fuse\.(.+)", key):
+        return f"decode_head.linear_fuse.{m[1]}"
+    if m := re.fullmatch(r"decoder\.classifier\.(.+)", key):
+        return f"decode_head.linear_pred.{m[1]}"
+    raise ValueError(f"not an EDAFormer key: {key!r}")
+
+
+def _official_dwconv(rest: str) -> str:
+    return "mlp.dwconv.dwconv." + rest[len("mlp.dwconv."):] if rest.startswith("mlp.dwconv.") else rest
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """An EDAFormer state dict, official (mmseg) or segviz layout -> ``model``'s layout.
+
+    Official files are checked here, so that errors use the official names: every missing
+    and unexpected key is listed, and a classifier of another size says which
+    ``num_classes`` to pass. Missing BatchNorm ``num_batches_tracked`` counters are filled
+    with 0. segviz files are left to the strict loader.
+    """
+    if not any(k.startswith(("backbone.", "decode_head.")) for k in state_dict):
+        if not any(k.startswith(("encoder.stages.", "decoder.")) for k in state_dict):
+            sample = ", ".join(sorted(state_dict)[:5]) or "(no keys)"
+            raise ValueError("not an EDAFormer checkpoint in a known layout (segviz, or the official "
+                             f"mmseg layout with backbone.* / decode_head.* keys); first keys: {sample}")
+        return fill_num_batches_tracked(state_dict, model)
+    given = drop_prefixes(state_dict, _IGNORED)
+    converted = rename_keys(given, OFFICIAL_RULES)
+    own = model.state_dict()
+    missing = sorted(to_official(k) for k in own if k not in converted and not k.endswith("num_batches_tracked"))
+    unexpected = sorted(k for k, new in zip(given, converted) if new not in own)
+    if missing or unexpected:
+        lines = ["not an official EDAFormer checkpoint for this configuration:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): " + ", ".join(missing))
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): " + ", ".join(unexpected))
+        raise ValueError("\n".join(lines))
+    classes, wanted = converted["decoder.classifier.weight"].shape[0], own["decoder.classifier.weight"].shape[0]
+    if classes != wanted:
+        raise ValueError(f"the checkpoint has a {classes}-class classifier but the model is built for "
+                         f"{wanted} classes; pass num_classes={classes}")
+    return fill_num_batches_tracked(converted, model)
+
+
+_DESCRIPTIONS = {
+    "edaformer-t": "EDAFormer-T (ADE20K config): EFT-T encoder + {3-2-1} all-attention decoder",
+    "edaformer-b": "EDAFormer-B (ADE20K config): EFT-B encoder + {3-2-1} all-attention decoder",
+    "edaformer-nano": "tiny EDAFormer for CPU notebooks (5 Shapes classes, 128-256 px inputs)",
+}
+for _name, _cfg in CONFIGS.items():
+    register(_name, EDAFormer, _cfg, checkpoint_filter_fn, description=_DESCRIPTIONS[_name],
+             published=PUBLISHED.get(_name))

@@ -14,7 +14,8 @@ Faithful to the official code (NVlabs/SegFormer, ``mix_transformer.py`` and
 LayerNorm epsilons (1e-6 in blocks and stage norms; the plain ``nn.LayerNorm`` default
 1e-5 in the patch embeddings and the key/value reduction). Checkpoints from the
 original code and from HuggingFace ``transformers`` load through
-:mod:`segviz.models.segformer_weights`.
+``create_model(name, weights=PATH)``; :func:`checkpoint_filter_fn` at the end of this file
+converts them.
 """
 from __future__ import annotations
 
@@ -26,11 +27,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segviz.nn import recording
-from segviz.models.segformer_weights import read_segformer_checkpoint
 from segviz.nn.attention import attention
+from segviz.nn.checks import (
+    check_bool, check_heads, check_hidden_width, check_int, check_int_list, check_positive, check_probability,
+)
+from segviz.nn.contract import SegmentationModel
 from segviz.nn.layers import ConvBNReLU, DropPath, FeaturePyramid, drop_path_rates, map_to_tokens, tokens_to_map
 from segviz.nn.reduction import SpatialReductionAttention
 from segviz.registry import register
+from segviz.weights import drop_prefixes, fill_num_batches_tracked, join_tensors, rename_keys
 
 BLOCK_EPS = 1e-6  # LayerNorms inside blocks and closing each stage (official: partial(nn.LayerNorm, eps=1e-6))
 PLAIN_EPS = 1e-5  # LayerNorms the official code builds as plain nn.LayerNorm (patch embed, k/v reduction)
@@ -94,6 +99,8 @@ class EfficientSelfAttention(SpatialReductionAttention):
 
     def __init__(self, dim: int, num_heads: int, sr_ratio: int, qkv_bias: bool = True, eps: float = PLAIN_EPS):
         super().__init__(train_ratio=sr_ratio)
+        check_int("EfficientSelfAttention", "dim", dim)
+        check_int("EfficientSelfAttention", "num_heads", num_heads)
         if dim % num_heads:
             raise ValueError(f"embedding dim {dim} is not divisible by {num_heads} heads")
         self.dim, self.num_heads, self.sr_ratio = dim, num_heads, sr_ratio
@@ -204,7 +211,7 @@ class MiTBlock(nn.Module):
 class MiTStage(nn.Module):
     """One encoder stage: OverlapPatchEmbed -> ``depth`` MiTBlocks -> LayerNorm.
 
-    (B, C_in, H, W) -> (B, C, h, w); the output map is recorded as a "feature".
+    (B, C_in, H, W) -> (B, C, h, w); ``capture`` records the output map as a "feature".
     """
 
     def __init__(self, patch_embed: OverlapPatchEmbed, blocks: Sequence[MiTBlock], dim: int, eps: float):
@@ -217,10 +224,7 @@ class MiTStage(nn.Module):
         x, hw = self.patch_embed(x)
         for block in self.blocks:
             x = block(x, hw)
-        out = tokens_to_map(self.norm(x), hw)
-        if recording.wants(self, "feature"):
-            recording.emit(self, "feature", features=out)
-        return out
+        return tokens_to_map(self.norm(x), hw)
 
 
 def init_official(m: nn.Module) -> None:
@@ -237,6 +241,24 @@ def init_official(m: nn.Module) -> None:
         nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
         if m.bias is not None:
             nn.init.zeros_(m.bias)
+
+
+def check_encoder_config(owner, in_chans, embed_dims, depths, num_heads, sr_ratios, mlp_ratio, qkv_bias,
+                         drop_path_rate, layer_norm_eps):
+    """ValueError naming the field unless the MiT config is buildable; returns the four lists as tuples."""
+    check_int(owner, "in_chans", in_chans)
+    embed_dims = check_int_list(owner, "embed_dims", embed_dims, 4)
+    depths = check_int_list(owner, "depths", depths, 4)
+    num_heads = check_int_list(owner, "num_heads", num_heads, 4)
+    sr_ratios = check_int_list(owner, "sr_ratios", sr_ratios, 4)
+    check_heads(owner, embed_dims, num_heads)
+    check_positive(owner, "mlp_ratio", mlp_ratio)
+    check_hidden_width(owner, "mlp_ratio", mlp_ratio, embed_dims)
+    check_bool(owner, "qkv_bias", qkv_bias)
+    check_probability(owner, "drop_path_rate", drop_path_rate)
+    if layer_norm_eps is not None:
+        check_positive(owner, "layer_norm_eps (None keeps the official epsilons)", layer_norm_eps)
+    return embed_dims, depths, num_heads, sr_ratios
 
 
 class MixTransformer(FeaturePyramid):
@@ -265,9 +287,10 @@ class MixTransformer(FeaturePyramid):
         layer_norm_eps: float | None = None,
     ):
         super().__init__()
-        lists = {"embed_dims": embed_dims, "depths": depths, "num_heads": num_heads, "sr_ratios": sr_ratios}
-        if any(len(v) != 4 for v in lists.values()):
-            raise ValueError(f"MixTransformer has 4 stages; give 4 values each, got {lists}")
+        embed_dims, depths, num_heads, sr_ratios = check_encoder_config(
+            "MixTransformer", in_chans, embed_dims, depths, num_heads, sr_ratios, mlp_ratio, qkv_bias,
+            drop_path_rate, layer_norm_eps,
+        )
         block_eps = BLOCK_EPS if layer_norm_eps is None else layer_norm_eps
         plain_eps = PLAIN_EPS if layer_norm_eps is None else layer_norm_eps
         self.embed_dims = tuple(embed_dims)
@@ -299,7 +322,7 @@ class MLPProjection(nn.Module):
 
         F̂_i = Upsample_{H/4 x W/4}(Linear(C_i, C)(F_i))
 
-    (B, C_i, h_i, w_i) -> (B, C, H/4, W/4); the result is recorded as a "feature".
+    (B, C_i, h_i, w_i) -> (B, C, H/4, W/4); ``capture`` records the result as a "feature".
     """
 
     def __init__(self, in_dim: int, dim: int):
@@ -308,10 +331,7 @@ class MLPProjection(nn.Module):
 
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
         out = tokens_to_map(self.proj(map_to_tokens(x)), tuple(x.shape[-2:]))
-        out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
-        if recording.wants(self, "feature"):
-            recording.emit(self, "feature", features=out)
-        return out
+        return F.interpolate(out, size=size, mode="bilinear", align_corners=False)
 
 
 class AllMLPDecoder(nn.Module):
@@ -349,11 +369,13 @@ class AllMLPDecoder(nn.Module):
 # ----------------------------------------------------------------------------------------
 # 6. The whole model
 # ----------------------------------------------------------------------------------------
-class SegFormer(nn.Module):
+class SegFormer(SegmentationModel):
     """SegFormer = MixTransformer encoder + AllMLPDecoder.
 
     ``forward``: (B, 3, H, W) -> logits (B, num_classes, ceil(H/4), ceil(W/4)).
     ``predict``: the same logits upsampled to (B, num_classes, H, W).
+
+    Every config field is checked here: a bad value is a ``ValueError`` naming the field.
 
     Args:
         num_classes: classifier size (150 for ADE20K).
@@ -362,6 +384,9 @@ class SegFormer(nn.Module):
         decoder_dim: the decoder's C (256 for B0/B1, 768 for B2-B5).
         decoder_dropout: dropout before the classifier (0.1 officially).
     """
+
+    # module outputs that ``segviz.capture`` records as features by default (see segviz.nn.recording)
+    feature_modules = ("encoder.stages.*", "decoder.linear_c.*")
 
     def __init__(
         self,
@@ -379,26 +404,30 @@ class SegFormer(nn.Module):
         in_chans: int = 3,
     ):
         super().__init__()
+        embed_dims, *_ = check_encoder_config(
+            "SegFormer", in_chans, embed_dims, depths, num_heads, sr_ratios, mlp_ratio, qkv_bias,
+            drop_path_rate, layer_norm_eps,
+        )
+        self.num_classes = check_int("SegFormer", "num_classes", num_classes)
+        check_int("SegFormer", "decoder_dim", decoder_dim)
+        check_probability("SegFormer", "decoder_dropout", decoder_dropout)
+        self.in_chans = in_chans
         self.encoder = MixTransformer(
             in_chans, embed_dims, depths, num_heads, sr_ratios, mlp_ratio, qkv_bias, drop_path_rate, layer_norm_eps
         )
         self.decoder = AllMLPDecoder(embed_dims, decoder_dim, num_classes, decoder_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) float images -> logits (B, num_classes, ceil(H/4), ceil(W/4)).
+
+        ``predict`` (from :class:`segviz.nn.contract.SegmentationModel`) upsamples them
+        bilinearly to (B, num_classes, H, W)."""
+        self.check_input(x)
         return self.decoder(self.encoder(x))
-
-    @staticmethod
-    def upsample_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
-        """Bilinear upsampling of (B, K, h, w) logits to (B, K, *size)."""
-        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
-
-    def predict(self, x: Tensor) -> Tensor:
-        """Logits at the input resolution: (B, 3, H, W) -> (B, num_classes, H, W)."""
-        return self.upsample_logits(self(x), x.shape[-2:])
 
 
 # ----------------------------------------------------------------------------------------
-# Variants
+# Variants, with the paper's numbers (Xie et al. 2021, Table 1; 150-class ADE20K head)
 # ----------------------------------------------------------------------------------------
 _WIDE = (64, 128, 320, 512)
 CONFIGS = {
@@ -410,12 +439,146 @@ CONFIGS = {
     "segformer-b5": dict(embed_dims=_WIDE, depths=(3, 6, 40, 3), decoder_dim=768),
 }
 _COMMON = dict(num_classes=150, num_heads=(1, 2, 5, 8), sr_ratios=(8, 4, 2, 1), mlp_ratio=4.0, drop_path_rate=0.1)
+_SOURCE = "Xie et al. 2021 (SegFormer), Table 1; ADE20K, 150-class head"
+# variant: (encoder M, decoder M, total M params, GFLOPs = GMACs, at input side)
+_TABLE_1 = {
+    "segformer-b0": (3.4, 0.4, 3.8, 8.4, 512),
+    "segformer-b1": (13.1, 0.6, 13.7, 15.9, 512),
+    "segformer-b2": (24.2, 3.3, 27.5, 62.4, 512),
+    "segformer-b3": (44.0, 3.3, 47.3, 79.0, 512),
+    "segformer-b4": (60.8, 3.3, 64.1, 95.7, 512),
+    "segformer-b5": (81.4, 3.3, 84.7, 183.3, 640),
+}
+PUBLISHED = {
+    name: dict(encoder_params_m=enc, decoder_params_m=dec, params_m=total, gmacs=gmacs, input_size=(side, side),
+               num_classes=150, source=_SOURCE)
+    for name, (enc, dec, total, gmacs, side) in _TABLE_1.items()
+}
+PUBLISHED["segformer-b5"]["gmacs_at_512"] = 111.6
+
+
+# ----------------------------------------------------------------------------------------
+# Reading checkpoints written by other code bases (the timm convention)
+# ----------------------------------------------------------------------------------------
+# Four layouts are recognised from their keys:
+#
+# * segviz: our own names (encoder.stages.0.blocks.0.attn.q.weight), loaded as they are;
+# * nvlabs: the official NVlabs/SegFormer (mmseg 0.x) code (backbone.block1.0.attn.q.weight,
+#   attn.kv, attn.sr, decode_head.linear_c1.proj, decode_head.linear_fuse.conv/.bn,
+#   decode_head.linear_pred); its decode_head.conv_seg is an unused classifier that mmseg's
+#   base head always builds, and is dropped;
+# * hf4: HuggingFace transformers files as hub checkpoints store them, and as save_pretrained
+#   still writes them in transformers 5.x (segformer.encoder.block.0.0.attention.self.query,
+#   decode_head.linear_c.0.proj, decode_head.linear_fuse, decode_head.batch_norm, .classifier);
+# * hf5: the module names of transformers 5.x, what model.state_dict() gives there
+#   (segformer.stages.0.blocks.0.attention.q_proj, attention.sequence_reduction.*,
+#   layernorm_before/after, decode_head.linear_projections.0.proj).
+#
+# HuggingFace keeps separate key and value Linears where the official code (and segviz) has
+# one joint kv Linear whose first C outputs are the keys and the next C the values: they are
+# concatenated in that order.
+#
+# LayerNorm epsilon: transformers builds every SegFormer LayerNorm as a plain nn.LayerNorm
+# (eps 1e-5), while the official code uses 1e-6 in blocks and stage norms. The layer_norm_eps
+# of a transformers config.json (1e-6 by default) is *not* read by its modeling code, so we
+# do not read it either: checkpoint_config gives layer_norm_eps=1e-5 for both HF layouts,
+# which reproduces the HF model exactly.
+HF_EPS = 1e-5
+
+_NVLABS = [
+    (r"^backbone\.patch_embed(\d)\.", lambda m: f"encoder.stages.{int(m[1]) - 1}.patch_embed."),
+    (r"^backbone\.block(\d)\.(\d+)\.", lambda m: f"encoder.stages.{int(m[1]) - 1}.blocks.{m[2]}."),
+    (r"^backbone\.norm(\d)\.", lambda m: f"encoder.stages.{int(m[1]) - 1}.norm."),
+    (r"\.mlp\.dwconv\.dwconv\.", ".mlp.dwconv."),
+    (r"^decode_head\.linear_c(\d)\.", lambda m: f"decoder.linear_c.{int(m[1]) - 1}."),
+    (r"^decode_head\.", "decoder."),
+]
+_HF4 = [
+    (r"^segformer\.encoder\.patch_embeddings\.(\d)\.layer_norm\.", r"encoder.stages.\1.patch_embed.norm."),
+    (r"^segformer\.encoder\.patch_embeddings\.(\d)\.", r"encoder.stages.\1.patch_embed."),
+    (r"^segformer\.encoder\.block\.(\d)\.(\d+)\.", r"encoder.stages.\1.blocks.\2."),
+    (r"^segformer\.encoder\.layer_norm\.(\d)\.", r"encoder.stages.\1.norm."),
+    (r"\.attention\.self\.query\.", ".attn.q."),
+    (r"\.attention\.self\.key\.", ".attn.k."),
+    (r"\.attention\.self\.value\.", ".attn.v."),
+    (r"\.attention\.self\.sr\.", ".attn.sr."),
+    (r"\.attention\.self\.layer_norm\.", ".attn.norm."),
+    (r"\.attention\.output\.dense\.", ".attn.proj."),
+    (r"\.layer_norm_1\.", ".norm1."),
+    (r"\.layer_norm_2\.", ".norm2."),
+    (r"\.mlp\.dense1\.", ".mlp.fc1."),
+    (r"\.mlp\.dense2\.", ".mlp.fc2."),
+    (r"\.mlp\.dwconv\.dwconv\.", ".mlp.dwconv."),
+]
+_HF5 = [
+    (r"^segformer\.stages\.(\d)\.patch_embeddings\.layer_norm\.", r"encoder.stages.\1.patch_embed.norm."),
+    (r"^segformer\.stages\.(\d)\.patch_embeddings\.", r"encoder.stages.\1.patch_embed."),
+    (r"^segformer\.stages\.(\d)\.layer_norm\.", r"encoder.stages.\1.norm."),
+    (r"^segformer\.stages\.", "encoder.stages."),
+    (r"\.attention\.q_proj\.", ".attn.q."),
+    (r"\.attention\.k_proj\.", ".attn.k."),
+    (r"\.attention\.v_proj\.", ".attn.v."),
+    (r"\.attention\.sequence_reduction\.sequence_reduction\.", ".attn.sr."),
+    (r"\.attention\.sequence_reduction\.layer_norm\.", ".attn.norm."),
+    (r"\.attention\.o_proj\.", ".attn.proj."),
+    (r"\.layernorm_before\.", ".norm1."),
+    (r"\.layernorm_after\.", ".norm2."),
+    (r"\.mlp\.dwconv\.dwconv\.", ".mlp.dwconv."),
+    (r"^decode_head\.linear_projections\.", "decode_head.linear_c."),
+]
+_HF_DECODER = [
+    (r"^decode_head\.linear_c\.", "decoder.linear_c."),
+    (r"^decode_head\.linear_fuse\.weight$", "decoder.linear_fuse.conv.weight"),
+    (r"^decode_head\.batch_norm\.", "decoder.linear_fuse.bn."),
+    (r"^decode_head\.classifier\.", "decoder.linear_pred."),
+]
+RULES = {"segviz": [], "nvlabs": _NVLABS, "hf4": _HF4 + _HF_DECODER, "hf5": _HF5 + _HF_DECODER}
+_IGNORED = {"nvlabs": ("decode_head.conv_seg.",)}
+_LAYOUT_PREFIXES = {
+    "segviz": "encoder.stages.",
+    "nvlabs": "backbone.block1.",
+    "hf4": "segformer.encoder.block.",
+    "hf5": "segformer.stages.",
+}
+
+
+def detect_layout(keys) -> str:
+    """Which code base wrote a state dict with these keys: segviz, nvlabs, hf4 or hf5."""
+    keys = list(keys)
+    for layout, prefix in _LAYOUT_PREFIXES.items():
+        if any(k.startswith(prefix) for k in keys):
+            return layout
+    sample = ", ".join(sorted(keys)[:5]) or "(no keys)"
+    raise ValueError(
+        "not a SegFormer checkpoint in a known layout (segviz, NVlabs/mmseg 0.x, transformers 4.x "
+        f"or 5.x); no key starts with any of {sorted(_LAYOUT_PREFIXES.values())}; first keys: {sample}"
+    )
+
+
+def checkpoint_config(state_dict: dict[str, Tensor]) -> dict:
+    """Config overrides a checkpoint's layout needs: ``layer_norm_eps=1e-5`` for HuggingFace files."""
+    return {"layer_norm_eps": HF_EPS} if detect_layout(state_dict) in ("hf4", "hf5") else {}
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """A SegFormer state dict in any known layout -> ``model``'s layout.
+
+    Keys that no rule understands keep their names, so the strict loader lists them; a
+    missing BatchNorm ``num_batches_tracked`` counter is filled with 0.
+    """
+    layout = detect_layout(state_dict)
+    sd = drop_prefixes(state_dict, _IGNORED.get(layout, ()))
+    sd = rename_keys(sd, RULES[layout])
+    if layout in ("hf4", "hf5"):
+        sd = join_tensors(sd, r"(?P<prefix>.*\.attn\.)(?P<part>[kv])\.(?P<kind>weight|bias)", ("k", "v"), "kv")
+    return fill_num_batches_tracked(sd, model)
 
 
 for _name, _cfg in CONFIGS.items():
     register(
-        _name, SegFormer, {**_COMMON, **_cfg}, reader=read_segformer_checkpoint,
+        _name, SegFormer, {**_COMMON, **_cfg}, checkpoint_filter_fn, checkpoint_config,
         description=f"SegFormer-{_name[-2:].upper()} (Xie et al. 2021), published config",
+        published=PUBLISHED[_name],
     )
 register(
     "segformer-nano",
@@ -424,6 +587,6 @@ register(
         num_classes=5, embed_dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 4),
         sr_ratios=(8, 4, 2, 1), mlp_ratio=4.0, drop_path_rate=0.1, decoder_dim=64,
     ),
-    reader=read_segformer_checkpoint,
+    checkpoint_filter_fn, checkpoint_config,
     description="a tiny SegFormer for CPU notebooks (5 Shapes classes)",
 )

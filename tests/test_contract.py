@@ -1,0 +1,188 @@
+"""The model contract, checked over every registered model: a new architecture gets all of
+this by registering its variants.
+
+* every variant builds on the meta device, ``predict`` gives (B, K, H, W) at the input size,
+  and its persistent buffers are only normalisation statistics (config-derived tables are
+  ``persistent=False``);
+* every ``-nano`` variant runs at an odd size, a batch of 2 equals two batches of 1,
+  ``capture`` changes nothing and records probability rows that sum to 1, ``flops`` runs,
+  and a safetensors file of its state dict loads back through ``create_model(weights=...)``;
+* bad config overrides and bad inputs are ``ValueError``s that say what is wrong.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import segviz
+from segviz.registry import get_spec
+
+MODELS = segviz.list_models()
+NANO = [name for name in MODELS if name.endswith("-nano")]
+ODD = (72, 88)  # not a multiple of 32
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Small tensors: one thread is fastest, and immune to other processes on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def meta_model(name, **overrides):
+    with torch.device("meta"):
+        return segviz.create_model(name, **overrides)
+
+
+def test_the_registry_has_models_and_nano_variants():
+    assert len(MODELS) >= 2 and NANO
+    assert all(name.rsplit("-", 1)[0] + "-nano" in NANO for name in MODELS)
+
+
+# ---------------------------------------------------------------------------------------
+# Every registered model
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", MODELS)
+def test_builds_on_meta_and_predicts_at_input_size(name):
+    model = meta_model(name).eval()
+    assert all(p.device.type == "meta" for p in model.parameters())
+    k, c = model.num_classes, model.in_chans
+    assert k == get_spec(name).config["num_classes"]
+    x = torch.zeros(2, c, 96, 64, device="meta")
+    assert tuple(model.predict(x).shape) == (2, k, 96, 64)
+
+
+_NORM_STATS = (nn.modules.batchnorm._NormBase,)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_persistent_buffers_are_only_normalisation_statistics(name):
+    """Buffers derived from the config (index tables, masks) must be registered with
+    ``persistent=False``, so that checkpoints hold only what was learned."""
+    model = meta_model(name)
+    modules = dict(model.named_modules())
+    saved = set(model.state_dict())
+    for buffer_name, _ in model.named_buffers():
+        if buffer_name in saved:
+            owner = modules[buffer_name.rpartition(".")[0]]
+            assert isinstance(owner, _NORM_STATS), f"{buffer_name} is a persistent buffer of {type(owner).__name__}"
+
+
+def _bad_overrides(name):
+    """(key, bad value) for every numeric config field of ``name``, plus the unknown key."""
+    cases = [("no_such_key", 1)]
+    for key, value in get_spec(name).config.items():
+        if isinstance(value, bool) or key == "num_classes":
+            continue
+        if isinstance(value, (tuple, list)):
+            cases += [(key, (0,) + tuple(value[1:])), (key, (-1,) + tuple(value[1:])), (key, tuple(value[:-1]))]
+        elif isinstance(value, int):
+            cases += [(key, 0), (key, -1)]
+        elif isinstance(value, float):
+            cases += [(key, -1.0), (key, math.nan)]
+    params = segviz.registry._builder_params(get_spec(name).builder)
+    if "layer_norm_eps" in params:
+        cases += [("layer_norm_eps", -1e-6), ("layer_norm_eps", 0.0)]
+    return cases
+
+
+@pytest.mark.parametrize("name, key, value", [(n, *case) for n in MODELS for case in _bad_overrides(n)])
+def test_bad_config_overrides_name_the_field(name, key, value):
+    with pytest.raises(ValueError, match=key):
+        meta_model(name, **{key: value})
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_bad_num_classes(name):
+    with pytest.raises(ValueError, match="num_classes"):
+        meta_model(name, num_classes=0)
+
+
+def _bad_inputs(c):
+    return [
+        (torch.zeros(c, 64, 64), r"got a tensor of shape \(3, 64, 64\): an unbatched image\? add the batch dimension"),
+        (np.zeros((64, 64, c), dtype=np.float32), r"got a numpy\.ndarray of shape \(64, 64, 3\).*permute\(2, 0, 1\)"),
+        (torch.zeros(0, c, 64, 64), r"the batch is empty \(B = 0\)"),
+        (torch.zeros(1, c, 64, 64, dtype=torch.uint8), r"dtype torch\.uint8: convert with x\.float\(\)"),
+        (torch.zeros(1, c, 64, 64, dtype=torch.bool), r"dtype torch\.bool"),
+        (torch.zeros(1, c + 1, 64, 64), rf"with {c + 1} channels"),
+        (torch.zeros(1, 64, 64, c), r"channels last\? use x\.permute\(0, 3, 1, 2\)"),
+        (torch.zeros(1, 1, c, 64, 64), r"5 dimensions instead of 4"),
+        ([[0.0]], r"got a list"),
+    ]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_bad_inputs_say_what_was_given_and_what_is_expected(name):
+    model = meta_model(name)
+    expected = rf"{type(model).__name__} expects a float tensor \(B, {model.in_chans}, H, W\); "
+    for x, match in _bad_inputs(model.in_chans):
+        if isinstance(x, torch.Tensor):
+            x = x.to("meta")  # the checks read no data: the meta device is enough
+        for method in (model, model.predict):
+            with pytest.raises(ValueError, match=expected + ".*" + match):
+                method(x)
+
+
+# ---------------------------------------------------------------------------------------
+# Every -nano model, computed
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module", params=NANO)
+def nano(request):
+    torch.manual_seed(0)
+    model = segviz.create_model(request.param)
+    with torch.no_grad():  # non-trivial normalisation statistics, so that loading must restore them
+        for module in model.modules():
+            if isinstance(module, _NORM_STATS) and module.running_mean is not None:
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = torch.randn(2, model.in_chans, *ODD)
+    with torch.no_grad():
+        out = model(x)
+    return request.param, model, x, out
+
+
+@torch.no_grad()
+def test_odd_size_and_batch_independence(nano):
+    _, model, x, out = nano
+    assert torch.isfinite(out).all()
+    singles = torch.cat([model(x[:1]), model(x[1:])])
+    torch.testing.assert_close(out, singles, atol=1e-5, rtol=1e-5)
+    full = model.predict(x)
+    assert full.shape == (2, model.num_classes, *ODD)
+
+
+@torch.no_grad()
+def test_capture_changes_nothing_and_rows_sum_to_one(nano):
+    _, model, x, out = nano
+    with segviz.capture(model) as rec:
+        recorded = model(x)
+    torch.testing.assert_close(recorded, out, atol=1e-5, rtol=1e-5)
+    assert rec.attention, "no attention was recorded"
+    for name, record in rec.attention.items():
+        probs = record.probs
+        assert probs.dim() == 4 and probs.shape[0] == 2, name
+        torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]), atol=1e-5, rtol=1e-5)
+
+
+def test_flops_runs(nano):
+    _, model, x, _ = nano
+    report = segviz.flops(model, (1, model.in_chans, *ODD))
+    assert report.total > 0 and report.per_module
+
+
+@torch.no_grad()
+def test_safetensors_round_trip_through_create_model(nano, tmp_path):
+    name, model, x, out = nano
+    path = tmp_path / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    torch.manual_seed(1)  # a different random init, which the weights must overwrite
+    loaded = segviz.create_model(name, weights=path).eval()
+    assert type(loaded) is type(model)
+    assert torch.equal(loaded(x), out)
