@@ -87,9 +87,13 @@ FIGURES = {
     "prediction_overlay": lambda: viz.prediction_overlay(photo(), torch.randn(1, 5, 16, 16), CLASSES, title="segformer-nano on a 64×64 photo"),
     "prediction_panels_3": lambda: viz.prediction_panels(
         [(photo(), torch.randn(1, 5, 16, 16), "held-out Shapes image 3: truth"), (photo(), torch.randn(1, 5, 16, 16), "its prediction"),
-         (photo(), torch.randn(1, 5, 16, 16), "a photo the model never saw")], CLASSES),
+         (np.repeat(np.repeat(photo(), 4, 0), 4, 1), torch.randn(1, 5, 64, 64), "a photo the model never saw")], CLASSES,
+        same_scale=False),
     "prediction_panels_2_sizes": lambda: viz.prediction_panels(
         [(photo(), torch.randn(1, 5, 16, 16), "256×256 input"), (np.repeat(np.repeat(photo(), 2, 0), 2, 1)[:100, :100], torch.randn(1, 5, 25, 25), "400×400 input")], CLASSES),
+    "prediction_panels_3_scaled": lambda: viz.prediction_panels(
+        [(photo(), torch.randn(1, 5, 16, 16), "held-out Shapes image 3: truth"), (photo(), torch.randn(1, 5, 16, 16), "its prediction"),
+         (np.repeat(np.repeat(photo(), 4, 0), 4, 1), torch.randn(1, 5, 64, 64), "a photo the model never saw")], CLASSES),
     "prediction_panels_5": lambda: viz.prediction_panels([(photo(), torch.randn(1, 5, 16, 16), f"panel {i}") for i in range(5)], CLASSES),
     "token_pyramid": lambda: viz.token_pyramid(stage_maps(), photo()),
     "stage_pca_4": lambda: viz.stage_pca(stage_maps(), photo()),

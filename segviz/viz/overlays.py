@@ -489,12 +489,14 @@ def prediction_overlay(image, labels, class_names: Sequence[str] | None = None, 
 
 @style.styled
 def prediction_panels(panels: Sequence[tuple], class_names: Sequence[str] | None = None, *,
-                      alpha: float = 0.55) -> Figure:
+                      alpha: float = 0.55, same_scale: bool = True) -> Figure:
     """Several ``(image, labels, title)`` predictions side by side, one shared legend.
 
-    Up to three panels stand in one row, more wrap onto further rows. In one row each
-    panel keeps its own pixel size (axes are labelled in pixels), so the same model run at
-    two resolutions shows as two pictures of different size.
+    Up to three panels stand in one row, more wrap onto further rows. With ``same_scale``
+    (and one row) the panels are drawn at one scale, pixels for pixels (axes are labelled in
+    pixels), so the same model run at two resolutions shows as two pictures of different
+    size (up to 2x apart: beyond that the small ones would be unreadable, and all panels get
+    the same size, as with ``same_scale=False``).
     """
     if not panels:
         raise ValueError("prediction_panels needs at least one (image, labels, title) panel")
@@ -513,7 +515,9 @@ def prediction_panels(panels: Sequence[tuple], class_names: Sequence[str] | None
     colors = class_colors(n_classes)
     cols = min(len(items), 3)
     rows = -(-len(items) // cols)
-    widths = [img.shape[1] for img, _, _ in items] if rows == 1 else [1] * cols
+    widths = [img.shape[1] for img, _, _ in items]
+    if rows > 1 or not same_scale or max(widths) > 2 * min(widths):
+        widths = [1] * cols
     fig = style.figure(3.6 * cols + 1.6, 3.9 * rows + 0.3)
     grid = fig.add_gridspec(rows, cols, width_ratios=widths)
     axes = [fig.add_subplot(grid[i // cols, i % cols]) for i in range(len(items))]
