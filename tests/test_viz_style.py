@@ -78,10 +78,6 @@ def _diagram(eda):
     return decoder_diagram(eda, (256, 256))
 
 
-# the lead is rewriting these (issue 7, section 1); they follow the style once it lands
-LEADS = pytest.mark.xfail(reason="attention drawing functions are being rewritten to use segviz.viz.style",
-                          strict=False)
-
 FIGURES = {
     "patch_figure": lambda: viz.patch_figure(photo(), at=(30, 30)),
     "prediction_overlay": lambda: viz.prediction_overlay(photo(), torch.randn(1, 5, 16, 16), CLASSES, title="segformer-nano on a 64×64 photo"),
@@ -107,12 +103,11 @@ FIGURES = {
     "attention_grid": lambda: viz.attention_grid(photo(), four_stages(), (10, 50)),
     "attention_grid_4_heads": lambda: viz.attention_grid(photo(), four_stages(), (10, 50), heads=[0, 1, 2, 3]),
 }
-LEAD_OWNED = {"attention_overlay", "attention_grid", "attention_grid_4_heads"}
 
 
 def _params():
     for name, make in FIGURES.items():
-        yield pytest.param(name, make, id=name, marks=[LEADS] if name in LEAD_OWNED else [])
+        yield pytest.param(name, make, id=name)
 
 
 def _assert_style(name, fig):
