@@ -10,32 +10,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from _timing import interleaved_medians  # noqa: E402
 
 import segviz  # noqa: E402
-
-
-def median_seconds(fns, x, warmup: int, runs: int) -> list[float]:
-    """Median time of each function; runs alternate between them so that load from other
-    processes on the machine falls on both alike."""
-    times = [[] for _ in fns]
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for fn in fns:
-                fn(x)
-        for _ in range(runs):
-            for fn, ts in zip(fns, times):
-                start = time.perf_counter()
-                fn(x)
-                ts.append(time.perf_counter() - start)
-    return [statistics.median(ts) for ts in times]
 
 
 def main() -> None:
@@ -60,7 +43,8 @@ def main() -> None:
     with torch.inference_mode():
         ref = hf(pixel_values=x).logits
         err = (ours(x) - ref).abs().max().item()
-    t_ours, t_hf = median_seconds([ours, lambda v: hf(pixel_values=v).logits], x, args.warmup, args.runs)
+    with torch.inference_mode():
+        t_ours, t_hf = interleaved_medians([lambda: ours(x), lambda: hf(pixel_values=x).logits], args.warmup, args.runs)
     print(f"segformer-b0, input 1x3x{args.size}x{args.size}, CPU, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"max |logit difference|: {err:.2e} (logits up to {ref.abs().max().item():.2f})")
