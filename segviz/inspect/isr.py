@@ -5,8 +5,8 @@ every spatial-reduction attention further at inference, on the same weights.
         logits = model(x)          # cheaper attention, same parameters
     # the training ratios are back here
 
-A stage with N = h·w query tokens and a per-side ratio R attends to N / R² keys, so its
-attention costs O(N² / R²): doubling R quarters it.
+A stage with N = h·w query tokens and a per-side ratio r attends to N / r² keys (the
+sequence shrinks by R = r²), so its attention costs O(N² / r²): doubling r quarters it.
 
 **Ratios** are the *total* per-side key/value reduction of each stage (not a factor on top
 of the training ratio):

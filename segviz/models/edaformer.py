@@ -43,10 +43,10 @@ from segviz.weights import drop_prefixes, fill_num_batches_tracked, rename_keys
 class EmbeddingFreeAttention(SpatialReductionAttention):
     """Embedding-free attention (EFA), the paper's Fig. 1.
 
-    With x the (normalised) tokens of an h×w map, R the per-side reduction ratio:
+    With x the (normalised) tokens of an h×w map, r the per-side reduction ratio:
 
         Q = x                                   (B, N, C),   N = h·w
-        K = V = SR(x) = Conv1x1(AvgPool_R(x))   (B, N', C),  N' = ⌊h/R⌋·⌊w/R⌋
+        K = V = SR(x) = Conv1x1(AvgPool_r(x))   (B, N', C),  N' = ⌊h/r⌋·⌊w/r⌋
         EFA(x) = Linear( softmax(Q Kᵀ / sqrt(d)) V )
 
     split into ``heads`` heads of d = C / heads channels (consecutive channel groups).
@@ -61,7 +61,7 @@ class EmbeddingFreeAttention(SpatialReductionAttention):
     shared conv, as in the official decode head.
 
     The pooling uses the ratio in force (:attr:`ratio`): the training ratio, or the one set by
-    ISR (``segviz.isr``), and average pooling unless ISR asks for max. It floors (⌊h/R⌋): a
+    ISR (``segviz.isr``), and average pooling unless ISR asks for max. It floors (⌊h/r⌋): a
     ragged border is dropped, as by ``nn.AvgPool2d``. Ratio 1 leaves the map as is.
 
     Shapes: x (B, N, C) with ``hw`` = (h, w) -> (B, N, C).

@@ -74,12 +74,12 @@ class EfficientSelfAttention(SpatialReductionAttention):
     """Multi-head self-attention whose keys and values come from a shrunken map.
 
         Q = x W_q                                       (B, heads, N, d),   N = h·w
-        x̂ = LayerNorm(Conv_{sr, stride sr}(x as map))   (B, N / sr², C)
-        [K, V] = x̂ W_kv                                 (B, heads, N / sr², d) each
+        x̂ = LayerNorm(Conv_{r, stride r}(x as map))     (B, N / r², C),     r = sr_ratio
+        [K, V] = x̂ W_kv                                 (B, heads, N / r², d) each
         out = softmax(Q Kᵀ / sqrt(d)) V W_o             (B, N, C)
 
-    ``sr_ratio`` shrinks each *side* of the map, so the key sequence is ``sr²`` times
-    shorter. The paper's "reduction ratio R" is that sequence factor, R = sr², and the
+    ``sr_ratio`` (r) shrinks each *side* of the map, so the key sequence is r² times
+    shorter. The paper's "reduction ratio R" is that sequence factor, R = r², and the
     cost drops from O(N²) to O(N² / R). Stages with ``sr_ratio == 1`` have no conv and no
     LayerNorm: they attend over all N tokens.
 
