@@ -57,7 +57,7 @@ NOTEBOOK_SOURCES := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 notebooks: $(VENV)/.notebook-installed
 	$(BIN)/jupytext --sync $(NOTEBOOK_SOURCES)
 	PYTHONHASHSEED=0 $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
-		--ExecutePreprocessor.timeout=900 $(NOTEBOOK_SOURCES:.py=.ipynb)
+		--ExecutePreprocessor.timeout=900 --ExecutePreprocessor.record_timing=False $(NOTEBOOK_SOURCES:.py=.ipynb)
 	$(BIN)/jupytext --sync $(NOTEBOOK_SOURCES)
 
 clean:

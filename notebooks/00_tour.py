@@ -53,7 +53,7 @@ with torch.no_grad():
     photo_logits = model(photo.tensor)
 viz.prediction_panels([(held_out.array(i), truth, f"held-out Shapes image {i}: truth"),
                        (held_out.array(i), shapes_logits, "its prediction"),
-                       (photo.array, photo_logits, "a photo the model never saw")], CLASSES)
+                       (photo.array, photo_logits, "a photo the model never saw")], CLASSES, same_scale=False)
 
 # %% [markdown]
 # ## One attention map

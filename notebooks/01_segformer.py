@@ -112,14 +112,14 @@ viz.stage_pca(stages, photo.array)
 # ## 2. Efficient self-attention
 #
 # Self-attention over N = h·w tokens costs O(N²), too much at 1/4 resolution. SegFormer takes the keys
-# and values from the map shrunk by a strided convolution of kernel = stride = sr, so each **side**
-# shrinks by sr and the **sequence** by R = sr²:
+# and values from the map shrunk by a strided convolution of kernel = stride = r (the code's `sr_ratio`),
+# so each **side** shrinks by r and the **sequence** by R = r²:
 #
-# $$\hat{x} = \mathrm{LN}\big(\mathrm{Conv}_{sr \times sr,\ \text{stride } sr}(x)\big), \quad
+# $$\hat{x} = \mathrm{LN}\big(\mathrm{Conv}_{r \times r,\ \text{stride } r}(x)\big), \quad
 # Q = xW_Q,\ K = \hat{x}W_K,\ V = \hat{x}W_V, \quad
 # \mathrm{Attention}(Q,K,V) = \mathrm{softmax}\Big(\frac{QK^\top}{\sqrt{d}}\Big)V ,$$
 #
-# so the cost drops from O(N²) to O(N²/R). B0 uses sr = 8, 4, 2, 1 in stages 1–4 (R = 64, 16, 4, 1).
+# so the cost drops from O(N²) to O(N²/R). B0 uses r = 8, 4, 2, 1 in stages 1–4 (R = 64, 16, 4, 1).
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -137,7 +137,7 @@ print("attention probs (B, heads, N, N/R):", tuple(probs.probs.shape), "query gr
 # %% [markdown]
 # Where does one pixel look? The query pixel (cyan +) sits on the astronaut's face. In stage 1 the
 # 64×64 query tokens see only an 8×8 grid of keys (white lines); the dashed cyan cell shows the 8×8
-# query tokens that one key summarises (sr = 8, R = 64). Colours run from the map's smallest to its
+# query tokens that one key summarises (r = 8, R = 64). Colours run from the map's smallest to its
 # largest weight; the cyan line on the colorbar marks uniform attention, 1/64, so you can read how
 # peaked the map really is.
 
@@ -148,7 +148,7 @@ viz.attention_overlay(photo.array, attention["stage 1"], QUERY, title="stage 1")
 
 # %% [markdown]
 # The same query in every stage and head. At 256×256 every stage ends up with an 8×8 key grid: finer
-# query maps are reduced more (sr = 8, 4, 2, 1), so each key cell always covers 32×32 pixels. In this
+# query maps are reduced more (r = 8, 4, 2, 1), so each key cell always covers 32×32 pixels. In this
 # small model the early stages spread their attention broadly, while the deep stages pick one or two
 # regions.
 

@@ -66,25 +66,26 @@ viz.attention_overlay(photo.array, rec.attention["encoder.stages.0.blocks.0.attn
 # SegFormer's efficient self-attention projects three times, with the keys and values taken from a
 # map shrunk by a learned strided convolution:
 #
-# $$Q = xW_q,\quad \hat x = \mathrm{LN}(\mathrm{Conv}_{R\times R,\ \mathrm{stride}\ R}(x)),\quad K = \hat x W_k,\quad V = \hat x W_v,\quad
+# $$Q = xW_q,\quad \hat x = \mathrm{LN}(\mathrm{Conv}_{r\times r,\ \mathrm{stride}\ r}(x)),\quad K = \hat x W_k,\quad V = \hat x W_v,\quad
 # \mathrm{out} = \mathrm{softmax}\!\left(QK^\top/\sqrt d\right)V\,W_o .$$
 #
 # EDAFormer's EFA drops the three projections: the queries are the (normalised) input itself, and the
-# keys and values are one and the same tensor, the input **average-pooled** by R and passed through
+# keys and values are one and the same tensor, the input **average-pooled** by r and passed through
 # one 1×1 convolution:
 #
-# $$Q = x,\qquad K = V = \mathrm{Conv}_{1\times 1}(\mathrm{AvgPool}_R(x)),\qquad
+# $$Q = x,\qquad K = V = \mathrm{Conv}_{1\times 1}(\mathrm{AvgPool}_r(x)),\qquad
 # \mathrm{out} = \mathrm{softmax}\!\left(QK^\top/\sqrt d\right)V\,W_o .$$
 #
 # What "embedding-free" removes is the token-wise Linear maps $W_q, W_k, W_v$ ($3C^2$ weights applied to
 # every token). What it keeps: the output Linear $W_o$, and the 1×1 conv on the *pooled* map, which
-# costs $N/R^2 \cdot C^2$ instead of $N \cdot C^2$. The softmax is still there: the attention stays
+# costs $N/R \cdot C^2$ instead of $N \cdot C^2$ (R = r²). The softmax is still there: the attention stays
 # non-linear. And because the key/value side starts with plain pooling rather than a learned strided
 # conv, any pooling ratio can be used at inference: that is what makes ISR work on the same weights.
 #
 # Below: both attentions at three stages of EDAFormer-T at 512×512 (same width, heads, map and ratio),
 # counted by `segviz.flops` (GMACs, what the papers call GFLOPs). SegFormer's params include its
-# R×R strided conv, which for R = 8 alone is $64C^2$ weights.
+# r×r strided conv, which for r = 8 alone is $64C^2$ weights. Throughout, r is the reduction per side
+# (the code's `sr_ratio` / `ratio`) and R = r² the reduction of the number of keys.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -107,7 +108,7 @@ rows = []
 for stage, (dim, heads, ratio, side) in {1: (32, 1, 8, 128), 3: (128, 4, 2, 32), 4: (256, 8, 1, 16)}.items():
     for name, attn in (("SegFormer attention", EfficientSelfAttention(dim, heads, ratio)),
                        ("EDAFormer EFA", EmbeddingFreeAttention(dim, heads, ratio))):
-        rows.append({"stage": f"{stage}: C={dim}, {side}×{side} tokens, R={ratio}", "attention": name,
+        rows.append({"stage": f"{stage}: C={dim}, {side}×{side} tokens, r={ratio}", "attention": name,
                      "params": segviz.count_params(attn),
                      "GMACs": round(segviz.flops(OnMap(attn), (1, dim, side, side)).total, 4)})
 print(viz.format_table(rows, float_format="{:.4f}"))
@@ -148,8 +149,8 @@ viz.stage_pca(decoder_maps, photo.array)
 # %% [markdown]
 # ## 3. The ISR explorer
 #
-# Each slider is one attention stage's **total** key/value reduction per side, R (a stage with N query
-# tokens attends to N/R² keys, so its attention costs O(N²/R²)). The preset menu holds the training
+# Each slider is one attention stage's **total** key/value reduction per side, r (a stage with N query
+# tokens attends to N/R keys, R = r², so its attention costs O(N²/R)). The preset menu holds the training
 # ratios and the paper's two ISR settings. **Order of the decoder ratios:** segviz lists decoder stages in
 # the order of the encoder stage they read, 2, 3, 4; the paper lists them the other way round, so its
 # decoder "[2, 4, 8]" is dec 2 = 8, dec 3 = 4, dec 4 = 2 here.
@@ -255,7 +256,7 @@ print(f"\nat equal cost: (a) with ISR {with_isr:.3f}, (b) trained at the small r
 #
 # ## 5. ISR on SegFormer
 #
-# The same mechanism works on SegFormer: after its learned stride-R conv, the keys and values are
+# The same mechanism works on SegFormer: after its learned stride-r conv, the keys and values are
 # average-pooled by the extra factor. Only multiples of the trained ratio are possible (the conv runs
 # first), and there is no decoder attention. SegFormer was **not trained for this**; the paper argues
 # that it should lose more accuracy under ISR than EDAFormer does. `segformer-nano` is trained here on the same data with the same settings

@@ -232,8 +232,8 @@ def isr_figure(image, result: SettingResult, reference: SettingResult, stage: st
     if stage not in result.records:
         raise ValueError(f"unknown stage {stage!r}; choose one of {list(result.records)}")
     # a fixed layout: the constrained layout engine would double the drawing time of an update
-    fig = style.figure(9.8, 7.6, layout=None)
-    fig.subplots_adjust(left=0.08, right=0.97, bottom=0.1, top=0.91, wspace=0.3, hspace=0.38)
+    fig = style.figure(9.8, 6.9, layout=None)
+    fig.subplots_adjust(left=0.08, right=0.97, bottom=0.03, top=0.9, wspace=0.3, hspace=0.3)
     (ax_bar, ax_att), (ax_pred, ax_diff) = fig.subplots(2, 2)
 
     labels = list(result.stage_gmacs)
