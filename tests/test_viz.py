@@ -234,8 +234,8 @@ def test_prediction_panels_keep_each_resolution(photo):
 def test_attention_cost_rows_at_512():
     rows = attention_cost_rows((512, 512), dims=(32, 64, 160, 256))
     assert [r["tokens N"] for r in rows] == [128 * 128, 64 * 64, 32 * 32, 16 * 16]
-    assert [r["R = sr²"] for r in rows] == [64, 16, 4, 1]
-    assert all(r["pairs N²"] == r["pairs N²/R"] * r["R = sr²"] for r in rows)
+    assert [r["R = r²"] for r in rows] == [64, 16, 4, 1]
+    assert all(r["pairs N²"] == r["pairs N²/R"] * r["R = r²"] for r in rows)
     assert rows[0]["attn GMACs (N²/R)"] == round(2 * 16384 * 256 * 32 / 1e9, 3)
     with pytest.raises(ValueError, match="one entry per stage"):
         attention_cost_rows(strides=(4, 8), sr_ratios=(8,))

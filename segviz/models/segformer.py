@@ -89,10 +89,10 @@ class EfficientSelfAttention(SpatialReductionAttention):
     its LayerNorm run first, then the map is average-pooled by ``ratio // sr_ratio``, then
     the k/v Linear:
 
-        x̂ = AvgPool_{ratio / sr}(LayerNorm(Conv_{sr, stride sr}(x as map)))
+        x̂ = AvgPool_{r_isr / r}(LayerNorm(Conv_{r, stride r}(x as map)))     (r_isr: the ratio in force)
 
     The official code does this only in stages with ``sr_ratio > 1``. Pooling a stage with
-    ``sr_ratio == 1`` (no conv, no LayerNorm: x̂ = AvgPool_{ratio}(x)) is an *extension* of
+    ``sr_ratio == 1`` (no conv, no LayerNorm: x̂ = AvgPool_{r_isr}(x)) is an *extension* of
     segviz beyond the official code. SegFormer was *not* trained with ISR (EDAFormer was),
     so expect some loss of accuracy when using it here.
     """
