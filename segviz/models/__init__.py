@@ -1,3 +1,4 @@
 """One file per architecture; importing this package registers every variant."""
 from segviz.models import segformer  # noqa: F401
 from segviz.models import edaformer  # noqa: F401
+from segviz.models import swin  # noqa: F401
