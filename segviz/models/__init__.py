@@ -2,3 +2,4 @@
 from segviz.models import segformer  # noqa: F401
 from segviz.models import edaformer  # noqa: F401
 from segviz.models import swin  # noqa: F401
+from segviz.models import upernet  # noqa: F401
