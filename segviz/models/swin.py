@@ -512,18 +512,19 @@ CONFIGS = {
     "swin-b-384": (128, (2, 2, 18, 2), (4, 8, 16, 32), 12, 0.5, 384),
     "swin-l": (192, (2, 2, 18, 2), (6, 12, 24, 48), 7, 0.2, 224),
 }
-# name: (params, GMACs at its input side)
+# name: (exact params with the 1000-class head, or None where only the rounded figure is published;
+#        params in millions as published; GMACs at the input side)
 PUBLISHED_NUMBERS = {
-    "swin-t": (28_288_354, 4.5),
-    "swin-s": (49_606_258, 8.7),
-    "swin-b": (87_768_224, 15.4),
-    "swin-b-384": (None, 47.1),  # 88M; window 12 makes the bias tables larger than swin-b's
-    "swin-l": (196_532_476, 34.5),
+    "swin-t": (28_288_354, 28, 4.5),
+    "swin-s": (49_606_258, 50, 8.7),
+    "swin-b": (87_768_224, 88, 15.4),
+    "swin-b-384": (None, 88, 47.1),  # window 12: larger bias tables than swin-b's, still "88M"
+    "swin-l": (196_532_476, 197, 34.5),
 }
 PUBLISHED = {
-    name: dict(params=params, params_m=round(params / 1e6, 1) if params else 88.0, gmacs=gmacs,
-               input_size=(CONFIGS[name][5],) * 2, num_classes=1000, source=_SOURCE)
-    for name, (params, gmacs) in PUBLISHED_NUMBERS.items()
+    name: dict(params_m=params_m, gmacs=gmacs, input_size=(CONFIGS[name][5],) * 2, num_classes=1000, source=_SOURCE,
+               **({"params": params} if params else {}))
+    for name, (params, params_m, gmacs) in PUBLISHED_NUMBERS.items()
 }
 NANO = dict(num_classes=5, embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4,
             drop_path_rate=0.1)
