@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 from safetensors.torch import save_file
-from torch import nn
 
 import segviz
 from segviz.models import swin
@@ -324,7 +323,7 @@ def brute_force_map(block, normed, query, window, shift):
     padded = torch.zeros(hp, wp, c)
     padded[:h, :w] = normed
     attn = block.attn
-    heads, d = attn.num_heads, c // attn.num_heads
+    d = c // attn.num_heads
     qkv = attn.qkv(padded)  # (hp, wp, 3C)
     q_all, k_all = qkv[..., :c], qkv[..., c:2 * c]
     y, x = query
@@ -339,7 +338,7 @@ def brute_force_map(block, normed, query, window, shift):
     for r in range(ys // window * window, ys // window * window + window):
         for s in range(xs // window * window, xs // window * window + window):
             ky, kx = (r + shift) % hp, (s + shift) % wp  # where that rolled key sits in the map
-            qv = q_all[(y) % hp, (x) % wp, head * d:(head + 1) * d]
+            qv = q_all[y, x, head * d:(head + 1) * d]  # the query, at its unshifted place
             kv = k_all[ky, kx, head * d:(head + 1) * d]
             offset = (ys - r + window - 1) * (2 * window - 1) + (xs - s + window - 1)
             logit = (qv @ kv) / math.sqrt(d) + attn.relative_position_bias_table[offset, head]

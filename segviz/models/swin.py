@@ -656,7 +656,8 @@ for _name, (_dim, _depths, _heads, _window, _dpr, _side) in CONFIGS.items():
         dict(num_classes=1000, embed_dim=_dim, depths=_depths, num_heads=_heads, window_size=_window,
              mlp_ratio=4.0, drop_path_rate=_dpr),
         checkpoint_filter_fn,
-        description=f"Swin-{_name[5:].upper()} ImageNet classifier (Liu et al. 2021), {_side}x{_side}, window {_window}",
+        description=f"Swin-{_name[5:].upper()} ImageNet classifier (Liu et al. 2021), {_side}x{_side}, "
+                    f"window {_window}",
         published=PUBLISHED[_name],
     )
 register("swin-nano", SwinClassifier, dict(NANO), checkpoint_filter_fn,

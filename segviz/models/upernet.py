@@ -246,7 +246,8 @@ PUBLISHED = {
     "upernet-swin-t": dict(
         params_m=60.0, params_hf=59_943_398, gmacs=945.0, input_size=(512, 2048), num_classes=150, miou=44.51,
         counted="backbone + UperNet head + auxiliary FCN head (the auxiliary head is used only in training)",
-        source="Liu et al. 2021 (Swin Transformer), Table 3, ADE20K (FLOPs at 512x2048, as mmseg counts them); HuggingFace UperNetForSemanticSegmentation "
+        source="Liu et al. 2021 (Swin Transformer), Table 3, ADE20K (FLOPs at 512x2048, as mmseg counts them); "
+               "HuggingFace UperNetForSemanticSegmentation "
                "(Swin-T, 150 classes, auxiliary head) counted: 59,943,398, which includes SwinBackbone's "
                "unused final LayerNorm (1,536 params)",
     ),
