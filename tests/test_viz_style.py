@@ -105,6 +105,34 @@ FIGURES = {
 }
 
 
+def _swin_figures():
+    """The Swin chapter's figures (segviz.viz.swin), on small random inputs."""
+    from segviz.models.swin import PatchMerging, WindowAttention
+    from segviz.nn.recording import WindowAttentionRecord
+    from segviz.viz import swin as sv
+    from segviz.viz.swin_explorer import explorer_figure
+
+    def window_record(shift, hw=(16, 16)):
+        n = (hw[0] // 4) * (hw[1] // 4)
+        probs = torch.softmax(torch.randn(n, 2, 16, 16, generator=torch.Generator().manual_seed(shift)), -1)
+        return WindowAttentionRecord(probs, 4, hw, shift)
+
+    blocks = {"block 1": window_record(0), "block 2": window_record(2)}
+    return {
+        "swin_hierarchy": lambda: sv.hierarchy_figure(photo(), stage_maps(), window=4),
+        "swin_patch_merging": lambda: sv.patch_merging_figure(photo(), PatchMerging(4), at=(4, 4)),
+        "swin_window_cost": lambda: sv.window_cost_figure(),
+        "swin_cyclic_shift": lambda: sv.cyclic_shift_figure(photo()),
+        "swin_window_masks": lambda: sv.window_masks_figure(),
+        "swin_masked_attention": lambda: sv.masked_attention_figure(window_record(2, (8, 8)), window_index=3),
+        "swin_relative_bias": lambda: sv.relative_bias_figure(WindowAttention(8, 4, 2), head=1),
+        "swin_reach": lambda: sv.reach_figure(photo(), blocks, (30, 30)),
+        "swin_explorer_figure": lambda: explorer_figure(photo(), blocks, "block 2", (30, 30), head=1),
+    }
+
+
+FIGURES.update(_swin_figures())
+
 def _params():
     for name, make in FIGURES.items():
         yield pytest.param(name, make, id=name)

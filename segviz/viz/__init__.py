@@ -7,12 +7,20 @@ from segviz.viz.explorers import AttentionExplorer
 from segviz.viz.overlays import (
     attention_grid, attention_overlay, class_colors, patch_figure, prediction_overlay, prediction_panels,
 )
+from segviz.viz.swin import (
+    attention_reach, cyclic_shift_figure, dense_attention, hierarchy_figure, masked_attention_figure,
+    patch_merging_figure, reach_figure, region_labels, relative_bias_figure, window_cost_figure, window_cost_rows,
+    window_masks_figure,
+)
+from segviz.viz.swin_explorer import SwinExplorer
 from segviz.viz.tables import attention_cost_rows, format_table, shape_rows, table_figure, table_html
 from segviz.viz.tokens import decoder_steps, deviation_from_centre, padding_leak, pca_rgb, stage_pca, token_pyramid
 
 __all__ = [
-    "AttentionExplorer", "attention_cost_rows", "attention_grid", "attention_overlay", "class_colors",
-    "decoder_steps", "deviation_from_centre", "format_table", "padding_leak", "patch_figure", "pca_rgb",
-    "plot_shapes", "prediction_overlay", "prediction_panels", "shape_rows", "stage_pca", "table_figure",
-    "table_html", "token_pyramid",
+    "AttentionExplorer", "SwinExplorer", "attention_cost_rows", "attention_grid", "attention_overlay",
+    "attention_reach", "class_colors", "cyclic_shift_figure", "decoder_steps", "dense_attention",
+    "deviation_from_centre", "format_table", "hierarchy_figure", "masked_attention_figure", "padding_leak",
+    "patch_figure", "patch_merging_figure", "pca_rgb", "plot_shapes", "prediction_overlay", "prediction_panels",
+    "reach_figure", "region_labels", "relative_bias_figure", "shape_rows", "stage_pca", "table_figure",
+    "table_html", "token_pyramid", "window_cost_figure", "window_cost_rows", "window_masks_figure",
 ]
