@@ -78,5 +78,7 @@ viz.attention_overlay(photo.array, rec.attention["encoder.stages.0.blocks.0.attn
 #   published numbers.
 # - [02_edaformer_isr.ipynb](02_edaformer_isr.ipynb): EDAFormer and inference spatial reduction: slide the reduction ratios and
 #   watch cost and attention change on the same weights.
-# - `03_swin`, `04_mask2former`, `05_deeplab`, `06_deformable_and_video`, `07_compare`: windows, masked
-#   attention, atrous convolution, deformable sampling, and all of them side by side (as they land).
+# - [03_swin.ipynb](03_swin.ipynb): Swin Transformer: window attention and its cost, the cyclic shift and
+#   its −100 mask step by step, the relative position bias, and how far a pixel reaches through shifted windows.
+# - `04_mask2former`, `05_deeplab`, `06_deformable_and_video`, `07_compare`: masked attention, atrous
+#   convolution, deformable sampling, and all of them side by side (as they land).

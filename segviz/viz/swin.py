@@ -441,7 +441,7 @@ def masked_attention_figure(record: WindowAttentionRecord, *, window_index: int 
     axes = fig.subplots(1, 2)
     im = axes[0].imshow(probs, cmap="magma", interpolation="nearest", vmin=0)
     fig.colorbar(im, ax=axes[0], shrink=0.85, label="attention weight")
-    logp = np.log10(np.maximum(probs, 1e-60))
+    logp = np.log10(np.maximum(probs.astype(np.float64), 1e-50))    # exact zeros (underflow) shown at -50
     im = axes[1].imshow(logp, cmap="viridis", interpolation="nearest", vmin=-50, vmax=0)
     fig.colorbar(im, ax=axes[1], shrink=0.85, label="log10 attention weight")
     across = float(probs[different].max()) if different.any() else 0.0
@@ -647,6 +647,9 @@ def reach_figure(image, records: Mapping[str, WindowAttentionRecord], query: tup
     axes[1, 0].set_ylabel("composed reach\n(heads averaged)", fontsize=style.SMALL)
     cb = fig.colorbar(heat, ax=list(axes[1]), shrink=0.9, pad=0.01, aspect=12)
     cb.set_label("log10 of reach / peak", fontsize=style.SMALL)
-    fig.suptitle(f"query pixel (y={query[0]}, x={query[1]}) (cyan +): one block sees one window; "
-                 "shifted blocks cross the borders")
+    if any(r.shift for r in recs):
+        what = "one block sees one window; shifted blocks cross the borders"
+    else:
+        what = "no shifted block: the reach grows only where patch merging enlarges the windows"
+    fig.suptitle(f"query pixel (y={query[0]}, x={query[1]}) (cyan +): {what}")
     return fig
