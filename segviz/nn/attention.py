@@ -81,10 +81,11 @@ def attention(
     if not wants_record and _explicit_depth == 0:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
 
-    logits = (q * scale) @ k.transpose(-2, -1)
+    logits = q @ (k.transpose(-2, -1) * scale)  # scaling k: Nk·d products instead of Nq·d
     if bias is not None:
-        logits = logits + bias
-    probs = logits.softmax(dim=-1)
+        logits += bias
+    # softmax in place when no gradient is needed: one (Nq, Nk) buffer instead of two
+    probs = logits.softmax(dim=-1) if logits.requires_grad else torch.softmax(logits, dim=-1, out=logits)
     if wants_record:
         recording.emit(module, kind, probs=probs, **record_fields)
     return probs @ v
