@@ -32,7 +32,9 @@ from segviz.nn.checks import (
     check_bool, check_heads, check_hidden_width, check_int, check_int_list, check_positive, check_probability,
 )
 from segviz.nn.contract import SegmentationModel
-from segviz.nn.layers import ConvBNReLU, DropPath, FeaturePyramid, drop_path_rates, map_to_tokens, tokens_to_map
+from segviz.nn.layers import (
+    ConvBNReLU, DropPath, FeaturePyramid, drop_path_rates, init_linear_and_norm, map_to_tokens, tokens_to_map,
+)
 from segviz.nn.reduction import SpatialReductionAttention
 from segviz.registry import register
 from segviz.weights import drop_prefixes, fill_num_batches_tracked, join_tensors, rename_keys
@@ -229,14 +231,8 @@ class MiTStage(nn.Module):
 
 def init_official(m: nn.Module) -> None:
     """The official encoder init: trunc-normal(0.02) Linear, unit LayerNorm, He-normal conv (fan-out)."""
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Conv2d):
+    init_linear_and_norm(m)
+    if isinstance(m, nn.Conv2d):
         fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
         nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
         if m.bias is not None:

@@ -52,7 +52,7 @@ from segviz.nn.checks import (
     check_bool, check_heads, check_hidden_width, check_image_batch, check_int, check_int_list, check_positive,
     check_probability,
 )
-from segviz.nn.layers import DropPath, FeaturePyramid, drop_path_rates
+from segviz.nn.layers import DropPath, FeaturePyramid, drop_path_rates, init_linear_and_norm
 from segviz.registry import register
 from segviz.weights import join_tensors, rename_keys
 
@@ -360,14 +360,9 @@ class SwinStage(nn.Module):
 
 
 def init_official(m: nn.Module) -> None:
-    """The official init: trunc-normal(0.02) Linear weights, zero biases, LayerNorm 1 / 0."""
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
+    """The official init: trunc-normal(0.02) Linear weights, zero biases, LayerNorm 1 / 0
+    (the patch-embedding conv keeps PyTorch's default)."""
+    init_linear_and_norm(m)
 
 
 def check_swin_config(owner, in_chans, embed_dim, depths, num_heads, window_size, mlp_ratio, qkv_bias,

@@ -12,6 +12,18 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def init_linear_and_norm(m: nn.Module) -> None:
+    """The transformers' common init (ViT, SegFormer, Swin): trunc-normal(0.02) Linear weights,
+    zero biases, LayerNorm weight 1 and bias 0. Other modules are left alone; use with ``apply``."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 class DropPath(nn.Module):
     """Stochastic depth (Huang et al. 2016): in training, drop a residual branch for a
     whole sample with probability ``p`` and rescale the kept ones by 1 / (1 - p).
