@@ -19,6 +19,7 @@ from torch import nn
 
 import segviz
 from segviz.registry import get_spec
+from tests.toys import meta_model, threads
 
 MODELS = segviz.list_models()
 NANO = [name for name in MODELS if name.endswith("-nano")]
@@ -28,15 +29,9 @@ ODD = (72, 88)  # not a multiple of 32
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """Small tensors: one thread is fastest, and immune to other processes on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with threads(1):
+        yield
 
-
-def meta_model(name, **overrides):
-    with torch.device("meta"):
-        return segviz.create_model(name, **overrides)
 
 
 def test_the_registry_has_models_and_nano_variants():

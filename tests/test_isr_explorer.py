@@ -11,6 +11,7 @@ from segviz.inspect.isr import current_ratios, training_ratios
 from segviz.viz.isr_explorer import (
     CUSTOM, PAPER_PRESETS, TRAINING, ISRExplorer, allowed_ratios, evaluate_setting, isr_figure, measure_latency,
 )
+from tests.toys import threads
 
 SIZE = 64
 
@@ -18,10 +19,8 @@ SIZE = 64
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """Tiny inputs run fastest on one thread, and much faster than on two when the cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,11 @@ from segviz.models.segformer import (
     OverlapPatchEmbed,
     SegFormer,
 )
+from tests.toys import meta_model
 
 # Xie et al. 2021, Table 1, as the registry entries carry it (segviz.registry.get_spec(name).published)
 PUBLISHED = {name: get_spec(name).published for name in segviz.list_models("segformer-b")}
 
-
-def meta_model(name, **kw):
-    with torch.device("meta"):
-        return segviz.create_model(name, **kw)
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))

@@ -15,6 +15,7 @@ from segviz.models.swin import (
 from segviz.nn.recording import WindowAttentionRecord
 from segviz.registry import get_spec
 from segviz.weights import load_state_dict_strict
+from tests.toys import meta_model, threads
 
 transformers = pytest.importorskip("transformers")
 
@@ -24,15 +25,9 @@ SMALL = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_s
 
 @pytest.fixture(scope="module", autouse=True)
 def _threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    with threads(2):
+        yield
 
-
-def meta_model(name, **overrides):
-    with torch.device("meta"):
-        return segviz.create_model(name, **overrides)
 
 
 # ---------------------------------------------------------------------------------------

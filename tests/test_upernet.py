@@ -9,6 +9,7 @@ import segviz
 from segviz.models.upernet import PyramidPoolingModule, UperNet, checkpoint_filter_fn, upernet_swin
 from segviz.registry import get_spec
 from segviz.weights import load_state_dict_strict
+from tests.toys import meta_model, threads
 
 transformers = pytest.importorskip("transformers")
 
@@ -19,15 +20,9 @@ HF_FINAL_NORM = 2 * 768  # the unused final LayerNorm HuggingFace's SwinBackbone
 
 @pytest.fixture(scope="module", autouse=True)
 def _threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    with threads(2):
+        yield
 
-
-def meta_model(name, **overrides):
-    with torch.device("meta"):
-        return segviz.create_model(name, **overrides)
 
 
 # ---------------------------------------------------------------------------------------

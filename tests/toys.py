@@ -1,7 +1,11 @@
-"""A tiny attention model used by the foundation tests (not a segviz architecture)."""
+"""Shared test helpers: a tiny attention model (not a segviz architecture), a model built on the
+meta device, and a thread-count setting for a test module."""
+import contextlib
+
 import torch
 from torch import nn
 
+import segviz
 from segviz.nn import recording
 from segviz.nn import attention, map_to_tokens, tokens_to_map
 
@@ -46,3 +50,20 @@ class ToyNet(nn.Module):
         for stage in self.stages:
             x = stage(x)
         return self.head(x)
+
+
+def meta_model(name, **overrides):
+    """``segviz.create_model(name, **overrides)`` on the meta device: shapes and counts, no data."""
+    with torch.device("meta"):
+        return segviz.create_model(name, **overrides)
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """Run the block with ``n`` torch threads, then restore the previous number."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
