@@ -4,6 +4,9 @@
   rocket, ...), as a normalised ``(1, 3, H, W)`` tensor and a displayable ``(H, W, 3)`` uint8 array.
 - :class:`Shapes` — synthetic semantic segmentation (background, circle, rectangle, triangle,
   ellipse) with exact per-pixel labels, deterministic per seed; small enough to train on a CPU.
+- :class:`Scenes` — synthetic scenes (disc, ring, rectangle, triangle, cross over textured
+  backgrounds) with exact semantic labels, instance ids and moving clips; what the shipped models
+  are trained on.
 - :data:`IMAGENET_MEAN`, :data:`IMAGENET_STD`, :func:`normalize`, :func:`denormalize` — the
   normalisation every segviz model expects, and its inverse for display.
 """
@@ -16,6 +19,7 @@ from segviz.data.images import (
     normalize,
     sample_image,
 )
+from segviz.data.scenes import SCENE_CLASSES, Scene, SceneObject, Scenes
 from segviz.data.shapes import CLASSES, Layer, Shapes
 
 __all__ = [
@@ -24,7 +28,11 @@ __all__ = [
     "IMAGENET_STD",
     "SAMPLE_IMAGES",
     "Layer",
+    "SCENE_CLASSES",
     "SampleImage",
+    "Scene",
+    "SceneObject",
+    "Scenes",
     "Shapes",
     "denormalize",
     "normalize",
