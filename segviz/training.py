@@ -15,6 +15,7 @@ import json
 import math
 import numbers
 import os
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -251,18 +252,408 @@ def _check_settings(steps, batch_size, lr, weight_decay, seed) -> tuple[float, f
     return lr, weight_decay
 
 
-def _loss(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
-    """``model.loss(model(images), labels)`` when the model defines ``loss``, else pixel
-    cross-entropy on the logits upsampled to the label size."""
+def _loss(model: nn.Module, images: Tensor, labels: Tensor, forward=None) -> Tensor:
+    """``model.loss(forward(images), labels)`` when the model defines ``loss``, else pixel
+    cross-entropy on the logits of ``forward(images)`` upsampled to the label size.
+
+    ``forward`` defaults to ``model``; the trainer passes the DistributedDataParallel wrapper
+    there, so that the gradients are averaged over processes, while ``loss`` is looked up on
+    the model itself."""
+    forward = model if forward is None else forward
     own = getattr(model, "loss", None)
     if not callable(own):
-        return F.cross_entropy(_logits(model, images, tuple(labels.shape[-2:])), labels)
-    loss = own(model(images), labels)
+        return F.cross_entropy(_logits(forward, images, tuple(labels.shape[-2:])).float(), labels)
+    loss = own(forward(images), labels)
     if not isinstance(loss, Tensor) or loss.numel() != 1 or not loss.requires_grad:
         got = (f"a tensor of shape {tuple(loss.shape)}" + ("" if loss.requires_grad else " without grad")
                if isinstance(loss, Tensor) else type(loss).__name__)
         raise ValueError(f"model.loss(outputs, target) must return a scalar tensor with grad, got {got}")
     return loss.reshape(())
+
+
+# --------------------------------------------------------------------------- learning-rate schedule
+SCHEDULES = ("constant", "poly", "cosine")
+
+
+def lr_factor(t: int, steps: int, warmup: int = 0, schedule: str = "poly", power: float = 1.0) -> float:
+    """The multiplier of the base learning rate for optimizer step ``t`` (0-based: step t + 1 of ``steps``).
+
+    A linear warmup over the first ``warmup`` steps, then a decay over the rest:
+
+        f(t) = (t + 1) / warmup                          for t < warmup
+        f(t) = 1                                         constant
+        f(t) = (1 - p) ** power                          poly
+        f(t) = (1 + cos(π p)) / 2                        cosine
+        with p = (t - warmup) / (steps - warmup)  in [0, 1) the fraction of the decay already done.
+
+    So the rate climbs to lr at the last warmup step, starts the decay at lr and reaches
+    lr · f(steps - 1) (e.g. lr / (steps - warmup) for poly with power 1) at the last step; it is
+    never exactly 0 for a step that is taken. The trainer hands this to
+    ``torch.optim.lr_scheduler.LambdaLR``: the rate of step t is ``lr * lr_factor(t, ...)``.
+    """
+    if t < warmup:
+        return (t + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    p = (t - warmup) / (steps - warmup)
+    if schedule == "poly":
+        return (1.0 - p) ** power
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * p))
+    raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+
+
+def _check_schedule(schedule, warmup, power, steps) -> float:
+    """Validate the schedule settings; return power as a Python float."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup < steps:
+        raise ValueError(f"warmup must be an int with 0 <= warmup < steps={steps}, got {warmup!r}")
+    return _real(power, "power", "a finite number > 0 (e.g. 1.0)", lambda v: v > 0)
+
+
+# --------------------------------------------------------------------------- mixed precision
+AMP_MODES = ("none", "bf16", "fp16")
+
+
+def default_amp(device) -> str:
+    """``"bf16"`` on a CUDA GPU that supports bfloat16, else ``"none"`` (CPU, or older GPUs,
+    where fp16 with loss scaling must be asked for explicitly)."""
+    device = torch.device(device)
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
+
+
+def _check_amp(amp: str, device: torch.device) -> None:
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(
+            f"amp='fp16' needs a CUDA device, got device {str(device)!r}: float16 autocast on the "
+            "CPU is emulated and slow, and float16's narrow range needs loss scaling (GradScaler), "
+            "which exists for GPU training; use amp='bf16' (same range as float32, no scaling) or 'none'")
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"amp='bf16': this GPU ({torch.cuda.get_device_name(device)}) has no bfloat16 "
+                         "support; use amp='fp16' (with loss scaling) or 'none'")
+    if amp != "none" and device.type not in ("cuda", "cpu"):
+        raise ValueError(f"amp={amp!r} is supported on 'cuda' and 'cpu' devices, got {str(device)!r}")
+
+
+def _autocast(amp: str, device: torch.device):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+# --------------------------------------------------------------------------- data order and sharding
+class _IndexStream:
+    """The order in which training items are visited: a fresh permutation of ``range(n)``
+    from a generator seeded with ``seed`` for every pass over the data, the passes
+    concatenated. ``take(k)`` returns the next k indices, so step s (1-based) of a run with
+    global batch B always gets stream entries (s - 1)·B ... s·B - 1: the order is a function of
+    (n, seed, B, step) alone, which is what lets a resumed run and every process of a
+    distributed run agree on it."""
+
+    def __init__(self, n: int, seed: int):
+        self.n = n
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order = torch.empty(0, dtype=torch.long)
+
+    def take(self, k: int) -> Tensor:
+        parts, need = [], k
+        while need > 0:
+            if len(self.order) == 0:
+                self.order = torch.randperm(self.n, generator=self.generator)
+            part, self.order = self.order[:need], self.order[need:]
+            parts.append(part)
+            need -= len(part)
+        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+
+    def skip(self, k: int) -> None:
+        while k > 0:  # in chunks: a long run skips millions of indices
+            k -= len(self.take(min(k, 1 << 20)))
+
+
+class _ShardBatches:
+    """Batch sampler for a DataLoader: for each step ``start + 1 .. steps`` the global batch's
+    indices (the same on every rank), of which rank r keeps entries ``r·b .. (r + 1)·b - 1``
+    with b = global batch / world size."""
+
+    def __init__(self, n, seed, batch_size, start, steps, rank=0, world_size=1):
+        self.n, self.seed, self.batch_size, self.start, self.steps = n, seed, batch_size, start, steps
+        self.per_rank = batch_size // world_size
+        self.rank = rank
+
+    def __len__(self) -> int:
+        return self.steps - self.start
+
+    def __iter__(self):
+        stream = _IndexStream(self.n, self.seed)
+        stream.skip(self.start * self.batch_size)
+        for _ in range(self.start, self.steps):
+            indices = stream.take(self.batch_size)
+            yield indices[self.rank * self.per_rank:(self.rank + 1) * self.per_rank].tolist()
+
+
+def _collate(items):
+    images, labels = zip(*items)
+    return torch.stack(images), torch.stack(labels)
+
+
+# --------------------------------------------------------------------------- BatchNorm across processes
+class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training-mode statistics cover the whole global batch of a distributed
+    run, on any device and process-group backend (``torch.nn.SyncBatchNorm`` refuses CPU
+    tensors: "SyncBatchNorm expected input tensor to be on GPU", and its kernels
+    ``batch_norm_stats`` etc. exist only for GPUs). The trainer uses it for CPU runs with
+    gloo; CUDA runs use ``torch.nn.SyncBatchNorm``.
+
+    For x of shape (B, C, ...) on each rank, with n the number of values per channel summed over
+    all ranks, two differentiable all-reduces (``torch.distributed.nn.functional.all_reduce``,
+    whose backward all-reduces the gradients, so gradients flow through the statistics as in
+    one big batch) give
+
+        μ_c = Σ x / n,      σ²_c = Σ (x - μ_c)² / n,      y = (x - μ_c) / sqrt(σ²_c + eps) · γ_c + β_c
+
+    and the running statistics follow ``nn.BatchNorm2d``: running_var takes the unbiased
+    σ²_c · n / (n - 1). In eval mode, or without an initialised process group of more than one
+    process, it is plain BatchNorm. The parameters and buffers keep BatchNorm's names, so
+    state dicts are interchangeable."""
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2-D input (B, C, ...), got {input.dim()}-D")
+
+    def forward(self, input: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(input)
+        from torch.distributed.nn.functional import all_reduce
+
+        self._check_input_dim(input)
+        x = input.float()
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        count = torch.tensor([x.numel() // x.shape[1]], dtype=torch.float64, device=x.device)
+        dist.all_reduce(count)
+        n = float(count.item())
+        mean = all_reduce(x.sum(dims)) / n
+        centred = x - mean.view(shape)
+        var = all_reduce((centred * centred).sum(dims)) / n
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), momentum)
+                unbiased = var.detach() * (n / max(n - 1.0, 1.0))
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+        return y.to(input.dtype)
+
+
+def sync_batchnorm(model: nn.Module, device) -> nn.Module:
+    """Every BatchNorm in ``model`` made to normalise over the global batch of a distributed run:
+    ``torch.nn.SyncBatchNorm`` on CUDA, :class:`AllReduceBatchNorm` elsewhere. The parameters and
+    buffers are the same tensors (same names in the state dict); returns the model (converted in place
+    unless the model itself is a BatchNorm)."""
+    if torch.device(device).type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if isinstance(model, nn.modules.batchnorm._BatchNorm) and not isinstance(
+            model, (AllReduceBatchNorm, nn.SyncBatchNorm)):
+        new = AllReduceBatchNorm(model.num_features, model.eps, model.momentum, model.affine,
+                                 model.track_running_stats, device="meta")
+        new.weight, new.bias = model.weight, model.bias
+        new.running_mean, new.running_var = model.running_mean, model.running_var
+        new.num_batches_tracked = model.num_batches_tracked
+        new.train(model.training)
+        return new
+    for name, child in model.named_children():
+        converted = sync_batchnorm(child, device)
+        if converted is not child:
+            setattr(model, name, converted)
+    return model
+
+
+# --------------------------------------------------------------------------- the training loop
+@dataclasses.dataclass
+class _Progress:
+    """Where a run stands: steps done, one loss per step, [step, val mIoU] pairs, seconds spent."""
+
+    step: int = 0
+    losses: list[float] = dataclasses.field(default_factory=list)
+    val_history: list[list] = dataclasses.field(default_factory=list)
+    elapsed: float = 0.0
+
+
+@dataclasses.dataclass
+class _Checkpointer:
+    """Writes ``path`` (rank 0 only) every ``every`` steps and at the end; ``extra`` is stored too."""
+
+    path: Path
+    every: int
+    extra: dict
+    last_step: int | None = None  # the step of the last checkpoint on disk (None: none yet)
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _fit(model: nn.Module, dataset, *, steps: int, batch_size: int, lr: float, weight_decay: float,
+         seed: int, device: torch.device, schedule: str = "constant", warmup: int = 0, power: float = 1.0,
+         amp: str = "none", val=None, val_every: int = 0, progress: bool = True, desc: str | None = None,
+         workers: int = 0, rank: int = 0, world_size: int = 1, resume: dict | None = None,
+         checkpointer: _Checkpointer | None = None, stopped: str = "nothing was cached") -> _Progress:
+    """The one training loop behind :func:`train` and :func:`train_run`.
+
+    Step s (1-based) takes the global batch of stream entries (s - 1)·B .. s·B - 1 (see
+    :class:`_IndexStream`); with ``world_size`` processes, rank r works on its b = B / world_size
+    of them, the model is wrapped in DistributedDataParallel (gradients averaged over ranks, so
+    the update is that of the mean loss over the global batch) and its BatchNorms normalise over
+    the global batch (:func:`sync_batchnorm`). The logged loss is the mean over ranks, the same
+    on every rank, so a non-finite loss stops every process at the same step.
+
+    Each step: forward and loss under autocast (``amp``), backward (scaled for fp16), AdamW
+    step, then the LambdaLR schedule moves on (:func:`lr_factor`). Rank 0 validates every
+    ``val_every`` steps (0: only at the end) and at the end, shows the bar, and writes the
+    checkpoint. ``resume``: a checkpoint dict to continue from (model weights, optimizer,
+    scheduler, GradScaler, progress, RNG states). ``stopped`` ends the non-finite-loss message.
+    Leaves the model in eval mode; returns the progress.
+    """
+    from tqdm.auto import tqdm
+
+    model.to(device)
+    state = _Progress()
+    if resume is not None:
+        load_state_dict_strict(model, resume["model"], source="the checkpoint")
+        state = _Progress(int(resume["step"]), [float(x) for x in resume["losses"]],
+                          [list(v) for v in resume["val_history"]], float(resume["elapsed"]))
+    forward = model
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = sync_batchnorm(model, device)
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    torch.manual_seed(seed if rank == 0 else seed + 7919 * rank)  # dropout / drop-path masks differ by rank
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda t: lr_factor(t, steps, warmup, schedule, power))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        if resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+        rng = resume.get("rng") or []
+        if len(rng) == world_size:
+            _set_rng_state(rng[rank], device)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=_ShardBatches(len(dataset), seed, batch_size, state.step, steps, rank, world_size),
+        num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda")
+
+    def validate() -> float:
+        with _autocast(amp, device):
+            value = evaluate(model, val, batch_size, device)
+        state.val_history.append([state.step, value])
+        return value
+
+    def checkpoint(final: bool = False) -> None:
+        rng = [_rng_state(device)]
+        if world_size > 1:
+            import torch.distributed as dist
+
+            rng = [None] * world_size
+            dist.all_gather_object(rng, _rng_state(device))
+        if rank != 0 or checkpointer is None:
+            return
+        blob = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "step": state.step, "losses": state.losses,
+                "val_history": state.val_history, "elapsed": state.elapsed, "finished": final,
+                "rng": [{k: v.cpu() for k, v in r.items()} for r in rng], **checkpointer.extra}
+        try:
+            _atomic_write(checkpointer.path, lambda tmp: torch.save(blob, tmp))
+            checkpointer.last_step = state.step
+        except Exception as err:  # noqa: BLE001 - a failed checkpoint must not end the run
+            if final:
+                raise
+            warnings.warn(f"could not write the checkpoint {checkpointer.path} at step {state.step} "
+                          f"({type(err).__name__}: {err}); training goes on", stacklevel=2)
+
+    name = desc or f"training {getattr(model, 'segviz_name', type(model).__name__)}"
+    bar = tqdm(total=steps, initial=state.step, desc=name, disable=not progress or rank != 0)
+    postfix = {}
+    if state.losses:
+        postfix["loss"] = f"{state.losses[-1]:.3f}"
+    if state.val_history:
+        postfix["val_mIoU"] = f"{state.val_history[-1][1]:.3f}"
+    started = time.perf_counter() - state.elapsed
+    model.train()
+    try:
+        for images, labels in loader:
+            step = state.step + 1
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            with _autocast(amp, device):
+                loss = _loss(model, images, labels, forward)
+            shown = loss.detach().float()
+            if world_size > 1:
+                import torch.distributed as dist
+
+                shown = shown.clone()
+                dist.all_reduce(shown)
+                shown /= world_size
+            value = shown.item()
+            if not math.isfinite(value):
+                raise ValueError(
+                    f"the training loss became {value} at step {step} of {steps} (lr={lr:g}, weight_decay="
+                    f"{weight_decay:g}); training stopped and {stopped}. The usual cause is a "
+                    f"learning rate that is too high: try a lower lr, e.g. lr={lr / 10:g}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            try:
+                scaler.step(optimizer)
+            except RuntimeError as err:  # AdamW's step size lr / (1 - β1^t) overflows float32
+                if "overflow" not in str(err):
+                    raise
+                raise ValueError(
+                    f"lr={lr:g} is too large: the optimizer step overflowed at step {step} of {steps} ({err}); "
+                    f"training stopped and {stopped}. Try a lower lr, e.g. lr=1e-3") from err
+            scaler.update()
+            with warnings.catch_warnings():  # a step GradScaler skipped (inf gradients) still moves the schedule
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                scheduler.step()
+            state.step = step
+            state.losses.append(value)
+            postfix["loss"] = f"{value:.3f}"
+            if val is not None and rank == 0 and val_every and step % val_every == 0 and step < steps:
+                postfix["val_mIoU"] = f"{validate():.3f}"
+                model.train()
+            bar.set_postfix(postfix, refresh=False)
+            bar.update()
+            state.elapsed = time.perf_counter() - started
+            if checkpointer is not None and step % checkpointer.every == 0 and step < steps:
+                checkpoint()
+        if val is not None and rank == 0:
+            postfix["val_mIoU"] = f"{validate():.3f}"
+            bar.set_postfix(postfix)
+        state.elapsed = time.perf_counter() - started
+        if checkpointer is not None:
+            checkpoint(final=True)
+    finally:
+        bar.close()
+        model.eval()
+    return state
 
 
 def train(
@@ -277,6 +668,9 @@ def train(
     device=None,
     cache: bool = True,
     progress: bool = True,
+    schedule: str = "constant",
+    warmup: int = 0,
+    power: float = 1.0,
 ) -> TrainResult:
     """Train a segmentation model with AdamW, then report validation mIoU.
 
@@ -289,6 +683,10 @@ def train(
         L = -1/N Σ_pixels log softmax(logits)[label].
     Validation uses ``model.predict(x)`` when the model has one, else the upsampled ``model(x)``.
 
+    **The learning rate** of step t (0-based) is ``lr * lr_factor(t, steps, warmup, schedule, power)``
+    (see :func:`lr_factor`): by default constant; ``schedule="poly"`` or ``"cosine"`` with a linear
+    ``warmup`` are what :func:`train_run` (``python -m segviz train``) uses.
+
     If the loss becomes NaN or infinite, training stops with a ``ValueError`` (which step,
     the value; usually the learning rate is too high) and nothing is cached.
 
@@ -298,12 +696,14 @@ def train(
     Args:
         dataset: items ``(image (3, H, W) float, label (H, W) int64)``, e.g. :class:`segviz.data.Shapes`.
         val: validation set; by default a held-out ``Shapes(64, size, dataset.seed + 1000)``
-            when ``dataset`` is a Shapes set, else no validation.
+            when ``dataset`` is a Shapes set, a held-out ``Scenes(64, size, seed=0, split="val")``
+            when it is a Scenes set, else no validation.
         device: defaults to :func:`segviz.device` (cuda when present).
         cache: reuse / store the trained weights, losses and val mIoU under :func:`cache_dir`,
             keyed by :func:`cache_key`: model name, config, a hash of its starting weights and
             its inference-time settings in force (ISR ratios and pooling), dataset and val
-            descriptions, seed, steps, batch size, lr and weight decay. A broken or
+            descriptions, seed, steps, batch size, lr and weight decay (and the schedule, warmup
+            and power when they differ from the constant default). A broken or
             mismatching entry is reported with a warning and rebuilt. If the entry cannot be
             written (read-only folder, full disk, any error) a warning says so and the trained
             result is returned all the same. Runs whose dataset or val set has no
@@ -311,11 +711,14 @@ def train(
             reruns hit the cache.
         lr, weight_decay: finite numbers, lr > 0 and weight_decay >= 0 (Python, numpy or
             one-element tensor scalars; anything else is a ``ValueError``).
+        schedule, warmup, power: ``"constant"``, ``"poly"`` or ``"cosine"``; warmup steps
+            (0 <= warmup < steps); the poly exponent (> 0).
 
     Returns:
         :class:`TrainResult`; the model is left in eval mode on ``device``.
     """
     lr, weight_decay = _check_settings(steps, batch_size, lr, weight_decay, seed)
+    power = _check_schedule(schedule, warmup, power, steps)
     if len(dataset) == 0:
         raise ValueError("train needs a non-empty dataset")
     if device is None:
@@ -324,15 +727,19 @@ def train(
         device = default_device()
     device = as_device(device)
     if val is None:
-        from segviz.data import Shapes
+        from segviz.data import Scenes, Shapes
 
         if isinstance(dataset, Shapes):
             val = Shapes(64, dataset.size, dataset.seed + 1000)
+        elif isinstance(dataset, Scenes):
+            val = Scenes(64, dataset.size, seed=0, split="val")
     model.to(device)
 
     path = None
     if cache and _describe(dataset) is not None and (val is None or _describe(val) is not None):
         settings = dict(seed=seed, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay)
+        if (schedule, warmup) != ("constant", 0):  # the old keys stay valid for the old default
+            settings.update(schedule=schedule, warmup=warmup, power=power)
         key = json.loads(json.dumps(cache_key(model, dataset, val, **settings), sort_keys=True, default=str))
         path = _key_path(key)
         try:
@@ -344,54 +751,13 @@ def train(
             model.eval()
             return TrainResult(model, cached[0], cached[1], from_cache=True, cache_path=path)
 
-    from tqdm.auto import tqdm
-
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    order = torch.empty(0, dtype=torch.long)
-    losses: list[float] = []
-    model.train()
-    bar = tqdm(total=steps, desc=f"training {getattr(model, 'segviz_name', type(model).__name__)}", disable=not progress)
-    for step in range(1, steps + 1):
-        while len(order) < batch_size:
-            order = torch.cat([order, torch.randperm(len(dataset), generator=generator)])
-        indices, order = order[:batch_size], order[batch_size:]
-        images, labels = _batch(dataset, indices, device)
-        loss = _loss(model, images, labels)
-        value = loss.item()
-        if not math.isfinite(value):
-            bar.close()
-            model.eval()
-            raise ValueError(
-                f"the training loss became {value} at step {step} of {steps} (lr={lr:g}, weight_decay="
-                f"{weight_decay:g}); training stopped and nothing was cached. The usual cause is a "
-                f"learning rate that is too high: try a lower lr, e.g. lr={lr / 10:g}"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        try:
-            optimizer.step()
-        except RuntimeError as err:  # AdamW's step size lr / (1 - β1^t) overflows float32
-            if "overflow" not in str(err):
-                raise
-            bar.close()
-            model.eval()
-            raise ValueError(
-                f"lr={lr:g} is too large: the optimizer step overflowed at step {step} of {steps} ({err}); "
-                f"training stopped and nothing was cached. Try a lower lr, e.g. lr=1e-3"
-            ) from err
-        losses.append(value)
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
-        bar.update()
-    val_miou = evaluate(model, val, batch_size, device) if val is not None else None
-    if val_miou is not None:
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", val_mIoU=f"{val_miou:.3f}")
-    bar.close()
-    model.eval()
+    state = _fit(model, dataset, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                 seed=seed, device=device, schedule=schedule, warmup=warmup, power=power, val=val,
+                 progress=progress)
+    val_miou = state.val_history[-1][1] if val is not None else None
     if path is not None:
         try:
-            _save(path, model, key, losses, val_miou)
+            _save(path, model, key, state.losses, val_miou)
         except Exception as err:  # noqa: BLE001 - never lose a finished run to a cache problem
             warnings.warn(
                 f"could not write the segviz cache entry {path} ({type(err).__name__}: {err}); "
@@ -399,4 +765,4 @@ def train(
                 stacklevel=2,
             )
             path = None
-    return TrainResult(model, losses, val_miou, from_cache=False, cache_path=path)
+    return TrainResult(model, state.losses, val_miou, from_cache=False, cache_path=path)
