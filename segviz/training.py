@@ -399,6 +399,27 @@ def _collate(items):
 
 
 # --------------------------------------------------------------------------- BatchNorm across processes
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over all processes, differentiably: the gradient of y = Σ_ranks x with respect to
+    each rank's x is the sum over ranks of the gradients arriving at y."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training-mode statistics cover the whole global batch of a distributed
     run, on any device and process-group backend (``torch.nn.SyncBatchNorm`` refuses CPU
@@ -407,9 +428,8 @@ class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
     gloo; CUDA runs use ``torch.nn.SyncBatchNorm``.
 
     For x of shape (B, C, ...) on each rank, with n the number of values per channel summed over
-    all ranks, two differentiable all-reduces (``torch.distributed.nn.functional.all_reduce``,
-    whose backward all-reduces the gradients, so gradients flow through the statistics as in
-    one big batch) give
+    all ranks, two differentiable all-reduces (sums whose backward sums the gradients over the
+    ranks, so gradients flow through the statistics as in one big batch) give
 
         μ_c = Σ x / n,      σ²_c = Σ (x - μ_c)² / n,      y = (x - μ_c) / sqrt(σ²_c + eps) · γ_c + β_c
 
@@ -427,8 +447,6 @@ class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
 
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(input)
-        from torch.distributed.nn.functional import all_reduce
-
         self._check_input_dim(input)
         x = input.float()
         dims = [0, *range(2, x.dim())]
@@ -436,9 +454,9 @@ class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
         count = torch.tensor([x.numel() // x.shape[1]], dtype=torch.float64, device=x.device)
         dist.all_reduce(count)
         n = float(count.item())
-        mean = all_reduce(x.sum(dims)) / n
+        mean = _AllReduceSum.apply(x.sum(dims)) / n
         centred = x - mean.view(shape)
-        var = all_reduce((centred * centred).sum(dims)) / n
+        var = _AllReduceSum.apply((centred * centred).sum(dims)) / n
         y = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
@@ -513,7 +531,7 @@ def _fit(model: nn.Module, dataset, *, steps: int, batch_size: int, lr: float, w
          seed: int, device: torch.device, schedule: str = "constant", warmup: int = 0, power: float = 1.0,
          amp: str = "none", val=None, val_every: int = 0, progress: bool = True, desc: str | None = None,
          workers: int = 0, rank: int = 0, world_size: int = 1, resume: dict | None = None,
-         checkpointer: _Checkpointer | None = None, stopped: str = "nothing was cached") -> _Progress:
+         checkpointer: _Checkpointer | None = None, stopped="nothing was cached") -> _Progress:
     """The one training loop behind :func:`train` and :func:`train_run`.
 
     Step s (1-based) takes the global batch of stream entries (s - 1)·B .. s·B - 1 (see
@@ -527,7 +545,8 @@ def _fit(model: nn.Module, dataset, *, steps: int, batch_size: int, lr: float, w
     step, then the LambdaLR schedule moves on (:func:`lr_factor`). Rank 0 validates every
     ``val_every`` steps (0: only at the end) and at the end, shows the bar, and writes the
     checkpoint. ``resume``: a checkpoint dict to continue from (model weights, optimizer,
-    scheduler, GradScaler, progress, RNG states). ``stopped`` ends the non-finite-loss message.
+    scheduler, GradScaler, progress, RNG states). ``stopped`` (a string, or a function giving one)
+    ends the non-finite-loss message: what became of the run.
     Leaves the model in eval mode; returns the progress.
     """
     from tqdm.auto import tqdm
@@ -559,7 +578,8 @@ def _fit(model: nn.Module, dataset, *, steps: int, batch_size: int, lr: float, w
             _set_rng_state(rng[rank], device)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=_ShardBatches(len(dataset), seed, batch_size, state.step, steps, rank, world_size),
-        num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda")
+        num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(seed))  # its own: starting it must not draw from torch's RNG
 
     def validate() -> float:
         with _autocast(amp, device):
@@ -615,17 +635,21 @@ def _fit(model: nn.Module, dataset, *, steps: int, batch_size: int, lr: float, w
                 shown /= world_size
             value = shown.item()
             if not math.isfinite(value):
+                stopped = stopped() if callable(stopped) else stopped
                 raise ValueError(
                     f"the training loss became {value} at step {step} of {steps} (lr={lr:g}, weight_decay="
                     f"{weight_decay:g}); training stopped and {stopped}. The usual cause is a "
                     f"learning rate that is too high: try a lower lr, e.g. lr={lr / 10:g}")
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            with warnings.catch_warnings():  # DDP on depthwise convs' channels-last gradients: only slower
+                warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+                scaler.scale(loss).backward()
             try:
                 scaler.step(optimizer)
             except RuntimeError as err:  # AdamW's step size lr / (1 - β1^t) overflows float32
                 if "overflow" not in str(err):
                     raise
+                stopped = stopped() if callable(stopped) else stopped
                 raise ValueError(
                     f"lr={lr:g} is too large: the optimizer step overflowed at step {step} of {steps} ({err}); "
                     f"training stopped and {stopped}. Try a lower lr, e.g. lr=1e-3") from err
@@ -766,3 +790,353 @@ def train(
             )
             path = None
     return TrainResult(model, state.losses, val_miou, from_cache=False, cache_path=path)
+
+
+# --------------------------------------------------------------------------- whole runs on disk: python -m segviz train
+CHECKPOINT = "checkpoint.pt"
+TRAIN_IMAGES = 100_000  # length of the training split; items are generated on the fly, so length is free
+VAL_SEED = 0  # every run, whatever its seed, is validated on the same held-out images
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What :func:`train_run` hands back: the trained model (eval mode), its model card, and where
+    the files are. ``weights`` and ``card_path`` are None when the final files could not be
+    written; the finished run is then in ``checkpoint``. Off rank 0 of a distributed run,
+    ``card`` is None and nothing is written."""
+
+    model: nn.Module = dataclasses.field(repr=False)
+    card: dict | None = dataclasses.field(repr=False)
+    weights: Path | None
+    card_path: Path | None
+    checkpoint: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    """This process's place in a distributed run, read from the variables ``torchrun`` sets:
+    ``RANK`` (0 .. size - 1), ``LOCAL_RANK`` (its GPU on this machine) and ``WORLD_SIZE``."""
+
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+
+    @classmethod
+    def from_env(cls, env=None) -> "World":
+        env = os.environ if env is None else env
+        values = {}
+        for key, field, low in (("RANK", "rank", 0), ("LOCAL_RANK", "local_rank", 0), ("WORLD_SIZE", "size", 1)):
+            text = env.get(key)
+            if text is None:
+                continue
+            try:
+                values[field] = int(text)
+            except ValueError:
+                raise ValueError(f"environment variable {key}={text!r} is not an integer") from None
+            if values[field] < low:
+                raise ValueError(f"environment variable {key}={text!r} must be >= {low}")
+        world = cls(**values)
+        if world.rank >= world.size:
+            raise ValueError(f"RANK={world.rank} must be below WORLD_SIZE={world.size}")
+        return world
+
+
+def segmentation_models() -> list[str]:
+    """The registered names that can be trained for segmentation: their models have
+    ``predict(x)`` -> (B, K, H, W) logits (image classifiers such as ``swin-t`` do not).
+    Each variant is built on the meta device to ask, so this costs no memory."""
+    from segviz.registry import create_model, list_models
+
+    names = []
+    for name in list_models():
+        with torch.device("meta"):
+            model = create_model(name)
+        if callable(getattr(model, "predict", None)):
+            names.append(name)
+    return names
+
+
+def _plain(value):
+    """``value`` as JSON would give it back (tuples become lists), for comparing and storing."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _nonnegative_int(name, value, low=0):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def _write_final(out: Path, name: str, model: nn.Module, card: dict) -> tuple[Path, Path]:
+    """``OUT/NAME.safetensors`` then ``OUT/NAME.json``, each written atomically; if either fails,
+    neither is left behind and the error propagates."""
+    from safetensors.torch import save_file
+
+    weights, card_path = out / f"{name}.safetensors", out / f"{name}.json"
+    try:
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+        _atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"segviz_model": name}))
+        _atomic_write(card_path, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2, default=str) + "\n"))
+    except BaseException:
+        for path in (weights, card_path):
+            try:
+                path.unlink(missing_ok=True)
+            except Exception:  # noqa: BLE001 - best effort; the original error is what matters
+                pass
+        raise
+    return weights, card_path
+
+
+def _model_card(name, model, recipe, segments, state: _Progress, val, command) -> dict:
+    """The JSON model card: what was trained, on what, how, how well, and where it ran."""
+    import datetime
+
+    import segviz
+
+    last = segments[-1]
+    return {
+        "model": name,
+        "config": _plain(model.segviz_config),
+        "params": sum(p.numel() for p in model.parameters()),
+        "dataset": {"train": recipe["dataset"], "val": _describe(val) if val is not None else None,
+                    "classes": _scene_classes()},
+        "steps": recipe["steps"], "batch_size": recipe["batch_size"], "image_size": recipe["size"],
+        "lr": recipe["lr"], "weight_decay": recipe["weight_decay"], "optimizer": "AdamW",
+        "schedule": recipe["schedule"], "power": recipe["power"], "warmup": recipe["warmup"],
+        "seed": recipe["seed"],
+        "device": last["device"], "amp": last["amp"], "world_size": last["world_size"],
+        "per_rank_batch_size": recipe["batch_size"] // last["world_size"],
+        "wall_time_s": round(state.elapsed, 3),
+        "val_miou": state.val_history[-1][1] if state.val_history else None,
+        "val_history": state.val_history,
+        "final_loss": state.losses[-1] if state.losses else None,
+        "losses": state.losses,
+        "segments": segments,
+        "torch": torch.__version__, "segviz": segviz.__version__,
+        "command": command,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _scene_classes() -> list[str]:
+    from segviz.data import SCENE_CLASSES
+
+    return list(SCENE_CLASSES)
+
+
+def _say(text: str) -> None:
+    import sys
+
+    print(text, file=sys.stderr, flush=True)
+
+
+def train_run(
+    name: str,
+    out=None,
+    *,
+    steps: int = 2000,
+    batch_size: int = 16,
+    size: int = 256,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    schedule: str = "poly",
+    power: float = 1.0,
+    warmup: int | None = None,
+    seed: int = 0,
+    device=None,
+    amp: str | None = None,
+    val_every: int | None = None,
+    val_size: int = 100,
+    num_classes: int | None = None,
+    overrides: dict | None = None,
+    checkpoint_every: int | None = None,
+    workers: int | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+    world: World | None = None,
+) -> RunResult:
+    """Train the registered model ``name`` on :class:`segviz.data.Scenes` into the folder ``out``
+    (what ``python -m segviz train NAME`` runs).
+
+    **Data.** Training images come from ``Scenes(100_000, size, seed, split="train")`` in a
+    seeded order (a fresh permutation per pass); validation mIoU is measured on
+    ``Scenes(val_size, size, seed=0, split="val")``, the same held-out images for every seed,
+    every ``val_every`` steps and at the end, and shown next to the loss on the progress bar.
+
+    **Optimisation.** AdamW (lr, weight_decay) on the model's own loss (``model.loss`` when it
+    has one, else pixel cross-entropy). The rate of step t (0-based) is
+    ``lr * lr_factor(t, steps, warmup, schedule, power)``: linear warmup ``(t + 1) / warmup``
+    for t < warmup, then ``(1 - p) ** power`` (poly) or ``(1 + cos(π p)) / 2`` (cosine) with
+    p = (t - warmup) / (steps - warmup). ``amp``: ``"bf16"`` autocast, ``"fp16"`` autocast
+    with a GradScaler (CUDA only), or ``"none"``; by default bf16 on a GPU that has it, else none.
+
+    **Files.** ``out/checkpoint.pt`` every ``checkpoint_every`` steps and at the end (model,
+    optimizer, scheduler, GradScaler, step, losses, validation history, RNG states; written to a
+    temporary file and moved into place; ``torch.load(path, weights_only=True)`` reads it), then
+    ``out/NAME.safetensors`` and the model card ``out/NAME.json``. If the final files cannot be
+    written, a message names the checkpoint, which holds the finished run; ``resume=True`` writes
+    them later. If the loss becomes NaN or infinite, a ValueError names the step and the last
+    good checkpoint is left as it was. A folder holding a run is not overwritten unless
+    ``resume`` (continue it exactly where the checkpoint stopped, with the same settings) or
+    ``force`` (start over) is given.
+
+    **Distributed.** Under ``torchrun --nproc_per_node N`` (``world`` from the environment,
+    see :class:`World`) the process group is set up (NCCL on CUDA, gloo on CPU), each rank
+    trains on its ``batch_size / N`` share of the same global batch in DistributedDataParallel,
+    BatchNorm statistics are taken over the global batch (:func:`sync_batchnorm`), and only rank
+    0 shows the bar, validates and writes files. The result equals a one-process run with the
+    same global batch up to float rounding (dropout and drop-path masks aside).
+
+    Args:
+        out: the run folder; default ``runs/NAME-seedSEED``.
+        warmup: default ``steps // 20``.
+        val_every, checkpoint_every: default ``min(1000, max(1, steps // 10))``; val_size 0 turns
+            validation off.
+        num_classes: default 6, the Scenes classes (fewer is an error).
+        overrides: config keys for :func:`segviz.create_model`, e.g. ``{"drop_path_rate": 0.0}``
+            or ``{"sr_ratios": (16, 8, 4, 2)}`` to train SegFormer at other reduction ratios.
+        workers: DataLoader worker processes; default 0 on the CPU, else up to 8 per GPU.
+        command: the command line, for the card (default ``sys.argv``).
+    """
+    import shlex
+    import sys
+
+    from segviz.data import Scenes
+    from segviz.registry import create_model
+
+    world = World.from_env() if world is None else world
+    lr, weight_decay = _check_settings(steps, batch_size, lr, weight_decay, seed)
+    warmup = steps // 20 if warmup is None else warmup
+    power = _check_schedule(schedule, warmup, power, steps)
+    every = min(1000, max(1, steps // 10))
+    val_every = every if val_every is None else _nonnegative_int("val_every", val_every, 1)
+    checkpoint_every = every if checkpoint_every is None else _nonnegative_int("checkpoint_every", checkpoint_every, 1)
+    val_size = _nonnegative_int("val_size", val_size)
+    if batch_size % world.size:
+        raise ValueError(f"batch_size {batch_size} (the global batch) must be divisible by the number of "
+                         f"processes, {world.size}: each process takes batch_size / {world.size} images a step")
+    if resume and force:
+        raise ValueError("resume continues the run in the folder and force starts it over: give one, not both")
+
+    if device is None:
+        from segviz.nn.layers import device as default_device
+
+        device = default_device()
+    device = as_device(device)
+    if device.type == "meta":
+        raise ValueError("device 'meta' holds no data; train on 'cpu' or 'cuda'")
+    if device.type == "cuda" and world.size > 1:
+        if device.index is not None and device.index != world.local_rank:
+            raise ValueError(f"device {str(device)!r}: under torchrun each process uses cuda:LOCAL_RANK "
+                             f"(here cuda:{world.local_rank}); pass --device cuda")
+        device = as_device(f"cuda:{world.local_rank}")
+    amp = default_amp(device) if amp is None else amp
+    _check_amp(amp, device)
+    workers = (0 if device.type == "cpu" else min(8, max(0, (os.cpu_count() or 1) // world.size - 1))) \
+        if workers is None else _nonnegative_int("workers", workers)
+
+    overrides = dict(overrides or {})
+    if "num_classes" in overrides:
+        if num_classes is not None:
+            raise ValueError("num_classes is given twice (as num_classes and among the overrides); give it once")
+        num_classes = overrides.pop("num_classes")
+    num_classes = Scenes.num_classes if num_classes is None else num_classes
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < Scenes.num_classes:
+        raise ValueError(f"num_classes must be an int >= {Scenes.num_classes} (the Scenes classes: "
+                         f"{', '.join(_scene_classes())}), got {num_classes!r}")
+    with torch.device("meta"):  # checks the name and the overrides without allocating anything
+        probe = create_model(name, num_classes=num_classes, **overrides)
+    if not callable(getattr(probe, "predict", None)):
+        raise ValueError(f"{name} is not a segmentation model (it has no predict(x) giving per-pixel logits; "
+                         f"e.g. an ImageNet classifier); models that can be trained: {', '.join(segmentation_models())}")
+    train_set = Scenes(TRAIN_IMAGES, size, seed, split="train")
+    val = Scenes(val_size, size, VAL_SEED, split="val") if val_size else None
+    recipe = _plain({"model": name, "config": probe.segviz_config, "steps": steps, "batch_size": batch_size,
+                     "size": size, "lr": lr, "weight_decay": weight_decay, "schedule": schedule,
+                     "power": power, "warmup": warmup, "seed": seed, "dataset": train_set.description()})
+    del probe
+
+    out = Path("runs") / f"{name}-seed{seed}" if out is None else Path(out)
+    ckpt_path, weights_path, card_path = out / CHECKPOINT, out / f"{name}.safetensors", out / f"{name}.json"
+    found = [p.name for p in (weights_path, card_path, ckpt_path) if p.exists()]
+    saved = None
+    if found and not (resume or force):
+        raise ValueError(f"{out} already holds a run ({', '.join(found)}); pass --resume to continue it "
+                         f"or --force to start over")
+    if resume:
+        if ckpt_path.exists():
+            try:
+                saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+                old = saved["recipe"]
+            except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+                raise ValueError(f"cannot resume: {ckpt_path} is unreadable ({type(err).__name__}: {err})") from err
+            differ = [f"{k}: {old.get(k)!r} in the checkpoint, {recipe[k]!r} now"
+                      for k in recipe if old.get(k) != recipe[k]]
+            if differ:
+                raise ValueError(f"cannot resume {ckpt_path}: it was written with other settings ("
+                                 + "; ".join(differ) + "); resume with the same settings, or use --force to start over")
+        elif found:
+            raise ValueError(f"cannot resume: {out} holds a finished run ({', '.join(found)}) but no {CHECKPOINT}; "
+                             f"use --force to train it again")
+        elif world.rank == 0:
+            _say(f"note: no {ckpt_path} to resume; starting a new run")
+    command = command if command is not None else shlex.join(sys.argv)
+    segment = {"start": saved["step"] if saved else 0, "device": device.type, "amp": amp,
+               "world_size": world.size, "command": command}
+    segments = (list(saved["segments"]) if saved else []) + [segment]
+
+    if world.size > 1:
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        torch.manual_seed(seed)
+        model = create_model(name, num_classes=num_classes, **overrides)
+        if world.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            if force:
+                for path in (weights_path, card_path, ckpt_path):
+                    path.unlink(missing_ok=True)
+        checkpointer = _Checkpointer(ckpt_path, checkpoint_every, {"recipe": recipe, "segments": segments},
+                                     last_step=saved["step"] if saved else None)
+
+        def stopped() -> str:
+            if checkpointer.last_step is None:
+                return "no checkpoint had been written yet"
+            return f"the last good checkpoint (step {checkpointer.last_step}) is kept in {ckpt_path}"
+
+        if saved is not None and saved.get("finished"):
+            load_state_dict_strict(model, saved["model"], source=str(ckpt_path))
+            model.eval()
+            state = _Progress(saved["step"], list(saved["losses"]), list(saved["val_history"]), saved["elapsed"])
+            segments.pop()  # nothing was trained now
+            if world.rank == 0:
+                _say(f"{ckpt_path} holds a finished run; writing its final files")
+        else:
+            state = _fit(model, train_set, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                         seed=seed, device=device, schedule=schedule, warmup=warmup, power=power, amp=amp,
+                         val=val, val_every=val_every, progress=progress, desc=f"training {name}",
+                         workers=workers, rank=world.rank, world_size=world.size, resume=saved,
+                         checkpointer=checkpointer, stopped=stopped)
+    finally:
+        if world.size > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    if world.rank != 0:
+        return RunResult(model, None, None, None, ckpt_path)
+    card = _model_card(name, model, recipe, segments, state, val, command)
+    try:
+        weights, written_card = _write_final(out, name, model, card)
+    except Exception as err:  # noqa: BLE001 - never lose a finished run
+        where = (f"the finished run is kept in {ckpt_path}; run the same command with --resume to write them"
+                 if checkpointer.last_step == steps else "the trained model is only in memory")
+        _say(f"warning: could not write {weights_path.name} / {card_path.name} in {out} "
+             f"({type(err).__name__}: {err}); {where}")
+        return RunResult(model, card, None, None, ckpt_path)
+    return RunResult(model, card, weights, written_card, ckpt_path)
