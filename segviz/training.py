@@ -594,7 +594,10 @@ def _fit(model: nn.Module, dataset, *, steps: int, batch_size: int, lr: float, w
 
             rng = [None] * world_size
             dist.all_gather_object(rng, _rng_state(device))
-        if rank != 0 or checkpointer is None:
+        if checkpointer is None:
+            return
+        if rank != 0:  # rank 0 writes; the others take it as written (for their messages)
+            checkpointer.last_step = state.step
             return
         blob = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
