@@ -21,6 +21,7 @@ _PUBLIC = {
     "inference_state": "segviz.nn.settings",
     "create_model": "segviz.registry",
     "list_models": "segviz.registry",
+    "list_weights": "segviz.zoo",
     "capture": "segviz.inspect.capture",
     "count_params": "segviz.inspect.costs",
     "flops": "segviz.inspect.costs",

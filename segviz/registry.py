@@ -20,11 +20,13 @@ import difflib
 import inspect
 import types
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from segviz import zoo
 from segviz.weights import load_state_dict_strict, read_state_dict
 
 FilterFn = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
@@ -97,11 +99,13 @@ def create_model(name: str, num_classes: int | None = None, weights: str | None 
     Args:
         name: one of :func:`list_models`.
         num_classes: classifier size (default: the variant's; 150 for published configs, the
-            5 Shapes classes for ``-nano`` configs).
-        weights: path to a checkpoint file (``.safetensors``, ``.bin``, ``.pth``), read safely
-            (tensors only); every layout the architecture's ``checkpoint_filter_fn`` accepts
-            is converted to ours, then loaded strictly. Config overrides that the file's layout
-            needs (``checkpoint_config``) apply unless given explicitly here.
+            the 6 Scenes classes for ``-nano`` configs).
+        weights: a shipped tag such as ``"scenes"`` (see :func:`segviz.list_weights`: the
+            card's config is applied, then the shipped weights are loaded), or a path to a
+            checkpoint file (``.safetensors``, ``.bin``, ``.pth``), read safely (tensors only);
+            every layout the architecture's ``checkpoint_filter_fn`` accepts is converted to
+            ours, then loaded strictly. Config overrides that the file's layout needs
+            (``checkpoint_config``) apply unless given explicitly here.
         overrides: config keys to change, e.g. ``drop_path_rate=0.1``.
 
     A bad config (unknown key, negative depth, ...) raises ``ValueError``.
@@ -122,6 +126,11 @@ def create_model(name: str, num_classes: int | None = None, weights: str | None 
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         config["num_classes"] = num_classes
     state_dict = None
+    if zoo.looks_like_tag(weights) and not Path(weights).exists():
+        entry = zoo.find(name, weights)
+        explicit = set(overrides) | ({"num_classes"} if num_classes is not None else set())
+        config.update({k: v for k, v in entry.config.items() if k not in explicit})
+        weights = entry.path
     if weights is not None:
         if spec.checkpoint_filter_fn is None:
             raise ValueError(f"{name}: no checkpoint reader is registered for this architecture")

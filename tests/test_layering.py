@@ -16,7 +16,7 @@ PACKAGE = ROOT / "segviz"
 
 # layer of each top-level part of the package; lower numbers sit lower
 LAYERS = {
-    "segviz.nn": 0, "segviz.weights": 0, "segviz.data": 0,
+    "segviz.nn": 0, "segviz.weights": 0, "segviz.data": 0, "segviz.zoo": 0,
     "segviz.models": 1, "segviz.registry": 1,
     "segviz.inspect": 2,
     "segviz.training": 3,

@@ -338,7 +338,7 @@ CONFIGS = {
                         decoder_mlp_ratio=2.0, decoder_dim=128, **_COMMON),
     "edaformer-b": dict(num_classes=150, embed_dims=(64, 128, 256, 512), depths=(3, 3, 22, 3), mlp_ratio=4.0,
                         decoder_mlp_ratio=1.0, decoder_dim=768, **_COMMON),
-    "edaformer-nano": dict(num_classes=5, embed_dims=(16, 32, 64, 128), depths=(1, 1, 2, 1), mlp_ratio=4.0,
+    "edaformer-nano": dict(num_classes=6, embed_dims=(16, 32, 64, 128), depths=(1, 1, 2, 1), mlp_ratio=4.0,
                            decoder_mlp_ratio=2.0, decoder_dim=64, drop_path_rate=0.0, **_COMMON),
 }
 # From the official code with random weights (the paper's tables could not be read here):
@@ -457,7 +457,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
 _DESCRIPTIONS = {
     "edaformer-t": "EDAFormer-T (ADE20K config): EFT-T encoder + {3-2-1} all-attention decoder",
     "edaformer-b": "EDAFormer-B (ADE20K config): EFT-B encoder + {3-2-1} all-attention decoder",
-    "edaformer-nano": "tiny EDAFormer for CPU notebooks (5 Shapes classes, 128-256 px inputs)",
+    "edaformer-nano": "tiny EDAFormer for CPU notebooks (6 Scenes classes, 256 px)",
 }
 for _name, _cfg in CONFIGS.items():
     register(_name, EDAFormer, _cfg, checkpoint_filter_fn, description=_DESCRIPTIONS[_name],

@@ -299,8 +299,8 @@ register(
 )
 register(
     "upernet-swin-nano", upernet_swin,
-    dict(num_classes=5, embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4,
+    dict(num_classes=6, embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=7,
          mlp_ratio=4.0, drop_path_rate=0.1, channels=64, aux_channels=32, dropout=0.1, aux_weight=0.4),
     checkpoint_filter_fn,
-    description="a tiny UperNet + Swin for CPU notebooks (window 4, 5 Shapes classes)",
+    description="a tiny UperNet + Swin for CPU notebooks (window 7, 6 Scenes classes, 256 px)",
 )
