@@ -540,3 +540,80 @@ def test_own_loss_must_return_a_scalar_tensor_with_grad(returned, got):
     with pytest.raises(ValueError) as err:
         train(model, **FAST, cache=False)
     assert str(err.value) == f"model.loss(outputs, target) must return a scalar tensor with grad, got {got}"
+
+
+# --------------------------------------------------------------------------- the learning-rate schedule
+def test_lr_factor_by_hand():
+    from segviz.training import lr_factor
+
+    assert [lr_factor(t, 5, 0, "constant") for t in range(5)] == [1.0] * 5
+    assert [lr_factor(t, 5, 2, "constant") for t in range(5)] == [0.5, 1.0, 1.0, 1.0, 1.0]
+    # poly, power 1, 1 warmup step: p = (t - 1) / 4 for t >= 1
+    assert [lr_factor(t, 5, 1, "poly") for t in range(5)] == [1.0, 1.0, 0.75, 0.5, 0.25]
+    assert [lr_factor(t, 3, 0, "poly", power=2.0) for t in range(3)] == pytest.approx([1.0, 4 / 9, 1 / 9])
+    # cosine over 4 steps: p = 0, 1/4, 1/2, 3/4
+    expected = [1.0, (1 + math.cos(math.pi / 4)) / 2, 0.5, (1 + math.cos(3 * math.pi / 4)) / 2]
+    assert [lr_factor(t, 4, 0, "cosine") for t in range(4)] == pytest.approx(expected)
+    # warmup climbs linearly to 1 at its last step, then the decay starts from 1
+    assert [lr_factor(t, 10, 4, "cosine") for t in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+def test_train_uses_the_schedule_and_keys_the_cache_by_it(cache, monkeypatch):
+    rates = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    constant = train(tiny(), **{**FAST, "steps": 4})
+    assert rates == [1e-3] * 4
+    rates.clear()
+    poly = train(tiny(), **{**FAST, "steps": 4}, schedule="poly", warmup=2)
+    assert rates == pytest.approx([0.5e-3, 1e-3, 1e-3, 0.5e-3])
+    assert poly.cache_path != constant.cache_path
+    key = json.loads(constant.cache_path.with_suffix(".json").read_text())["key"]
+    assert "schedule" not in key and "warmup" not in key  # keys written before schedules existed still match
+    key = json.loads(poly.cache_path.with_suffix(".json").read_text())["key"]
+    assert (key["schedule"], key["warmup"], key["power"]) == ("poly", 2, 1.0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(schedule="linear"), "schedule must be one of constant, poly, cosine"),
+    (dict(warmup=3), r"warmup must be an int with 0 <= warmup < steps=3"),
+    (dict(warmup=-1), "warmup must be"),
+    (dict(warmup=1.5), "warmup must be"),
+    (dict(schedule="poly", power=0), "power must be a finite number > 0"),
+])
+def test_bad_schedules_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        train(tiny(), **FAST, **kwargs, cache=False)
+
+
+def test_scenes_get_a_held_out_validation_set_by_default():
+    from segviz.data import Scenes
+
+    torch.manual_seed(0)
+    result = train(TinyNet(4, num_classes=6), Scenes(8, size=32, seed=3), steps=1, batch_size=2, cache=False,
+                   progress=False)
+    assert result.val_miou is not None and 0 <= result.val_miou <= 1
+
+
+# --------------------------------------------------------------------------- BatchNorm over processes
+def test_all_reduce_batchnorm_is_plain_batchnorm_in_one_process():
+    from segviz.training import AllReduceBatchNorm, sync_batchnorm
+
+    torch.manual_seed(0)
+    model = TinyNet(8)
+    reference = TinyNet(8)
+    reference.load_state_dict(model.state_dict())
+    keys = list(model.state_dict())
+    converted = sync_batchnorm(model, "cpu")
+    assert converted is model and list(model.state_dict()) == keys
+    assert sum(isinstance(m, AllReduceBatchNorm) for m in model.modules()) == 4
+    assert not any(type(m) is nn.BatchNorm2d for m in model.modules())
+    x = torch.randn(3, 3, 16, 16)
+    torch.testing.assert_close(model(x), reference(x))  # training mode, no process group: plain BN
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value)
