@@ -893,9 +893,9 @@ def _write_final(out: Path, name: str, model: nn.Module, card: dict) -> tuple[Pa
 def _model_card(name, model, recipe, segments, state: _Progress, val, command) -> dict:
     """The JSON model card: what was trained, on what, how, how well, and where it ran."""
     import datetime
+    import sys
 
-    import segviz
-
+    version = getattr(sys.modules.get("segviz"), "__version__", None)  # the parent package, loaded before us
     last = segments[-1]
     return {
         "model": name,
@@ -915,7 +915,7 @@ def _model_card(name, model, recipe, segments, state: _Progress, val, command) -
         "final_loss": state.losses[-1] if state.losses else None,
         "losses": state.losses,
         "segments": segments,
-        "torch": torch.__version__, "segviz": segviz.__version__,
+        "torch": torch.__version__, "segviz": version,
         "command": command,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -73,7 +73,7 @@ def test_a_run_writes_weights_model_card_and_checkpoint(tmp_path, capsys):
     assert (card["steps"], card["batch_size"], card["image_size"], card["seed"]) == (4, 2, 64, 3)
     assert (card["lr"], card["weight_decay"], card["schedule"], card["warmup"], card["power"]) == (1e-3, 0.01, "cosine", 1, 1.0)
     assert (card["device"], card["amp"], card["world_size"], card["per_rank_batch_size"]) == ("cpu", "none", 1, 2)
-    assert card["wall_time_s"] > 0 and card["torch"] == torch.__version__
+    assert card["wall_time_s"] > 0 and card["torch"] == torch.__version__ and card["segviz"] == segviz.__version__
     assert [step for step, _ in card["val_history"]] == [2, 4]
     assert card["val_miou"] == card["val_history"][-1][1] and 0 <= card["val_miou"] <= 1
     assert len(card["losses"]) == 4 and card["final_loss"] == card["losses"][-1]
