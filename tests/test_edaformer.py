@@ -13,11 +13,13 @@ from segviz.models.edaformer import (
     AllAttentionDecoder, EDAFormer, EFTBlock, EFTEncoder, EmbeddingFreeAttention, EncoderFeedForward,
     checkpoint_filter_fn, to_official,
 )
+from segviz.data import SCENE_CLASSES
 from segviz.registry import get_spec
 from segviz.models.segformer import MixFFN
 from segviz.nn import map_to_tokens, tokens_to_map
 
 NANO = dict(embed_dims=(16, 32, 64, 128), num_heads=(1, 2, 4, 8), depths=(1, 1, 2, 1))
+NANO_CLASSES = get_spec("edaformer-nano").config["num_classes"]  # the Scenes classes
 
 
 def _reference_efa(attn, x, hw, pool="avg"):
@@ -143,7 +145,7 @@ def test_decoder_block_layouts_of_the_paper(depths):
 
 def test_model_logits_at_one_eighth_and_bad_input():
     model = segviz.create_model("edaformer-nano").eval()
-    assert model(torch.randn(2, 3, 128, 160)).shape == (2, 5, 16, 20)
+    assert model(torch.randn(2, 3, 128, 160)).shape == (2, NANO_CLASSES, 16, 20)
     with pytest.raises(ValueError, match="B, 3, H, W"):
         model(torch.randn(3, 128, 128))
 
@@ -188,7 +190,7 @@ def test_model_predict_is_at_input_size():
     with torch.no_grad():
         full = model.predict(x)
         expected = F.interpolate(model(x), size=(72, 88), mode="bilinear", align_corners=False)
-    assert full.shape == (2, 5, 72, 88)
+    assert full.shape == (2, NANO_CLASSES, 72, 88)
     assert torch.equal(full, expected)
 
 
@@ -238,7 +240,7 @@ def test_published_config_details():
     assert tiny.encoder.stages[0].blocks[0].mlp.fc1.out_features == int(32 * 3.8)
     assert base.decoder.fuse.conv.out_channels == 768 and tiny.decoder.fuse.conv.out_channels == 128
     assert len(base.encoder.stages[2].blocks) == 22
-    assert segviz.create_model("edaformer-nano").decoder.classifier.out_channels == 5
+    assert segviz.create_model("edaformer-nano").decoder.classifier.out_channels == len(SCENE_CLASSES) == 6
 
 
 # ---------------------------------------------------------------------------------------
@@ -289,7 +291,7 @@ def trained_nano():
 @pytest.mark.parametrize("wrapped", [True, False])
 def test_official_checkpoint_round_trip(tmp_path, trained_nano, wrapped):
     state = _official(trained_nano)
-    state["decode_head.conv_seg.weight"] = torch.randn(5, 64, 1, 1)  # unused by the official head
+    state["decode_head.conv_seg.weight"] = torch.randn(NANO_CLASSES, 64, 1, 1)  # unused by the official head
     path = tmp_path / "edaformer_nano.pth"
     torch.save({"state_dict": state, "meta": {}} if wrapped else state, path)
     loaded = segviz.create_model("edaformer-nano", weights=str(path)).eval()
@@ -309,7 +311,7 @@ def test_official_checkpoint_errors(tmp_path, trained_nano):
     assert "missing keys (1): decode_head.attn33.mlp.fc1.weight" in message
     assert "unexpected keys (1): decode_head.attn5.attn.sr.weight" in message
     torch.save(_official(trained_nano), path)
-    with pytest.raises(ValueError, match="5-class classifier .* pass num_classes=5"):
+    with pytest.raises(ValueError, match=f"{NANO_CLASSES}-class classifier .* pass num_classes={NANO_CLASSES}"):
         segviz.create_model("edaformer-nano", num_classes=19, weights=str(path))
 
 

@@ -131,7 +131,7 @@ def test_ratio_larger_than_the_map_fails_cleanly_at_forward(eda, group, stage, s
     index = stage - 1 if group == "encoder" else stage - 2
     ratios[group][index] = side  # exactly the map: one key token, fine
     with isr(eda, **ratios):
-        assert eda(X).shape == (1, 5, 16, 16)
+        assert eda(X).shape == (1, eda.num_classes, 16, 16)
     ratios[group][index] = side + 1
     with isr(eda, **ratios):
         with pytest.raises(ValueError) as err:  # a ValueError, nothing else, from inside the model

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import segviz
-from segviz.data import CLASSES, Shapes
+from segviz.data import SCENE_CLASSES, Scenes
 from segviz.inspect.isr import current_ratios, training_ratios
 from segviz.viz.isr_explorer import (
     CUSTOM, PAPER_PRESETS, TRAINING, ISRExplorer, allowed_ratios, evaluate_setting, isr_figure, measure_latency,
@@ -25,7 +25,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def data():
-    held_out = Shapes(4, size=SIZE, seed=77)
+    held_out = Scenes(4, size=SIZE, seed=77, split="val")  # the -nano models' 6 classes
     return held_out, held_out.array(0), held_out[0][0][None]
 
 
@@ -38,7 +38,7 @@ def eda():
 @pytest.fixture(scope="module")
 def explorer(eda, data):
     held_out, image, x = data
-    return ISRExplorer(eda, image, x, eval_set=held_out, class_names=CLASSES, latency_repeats=1)
+    return ISRExplorer(eda, image, x, eval_set=held_out, class_names=SCENE_CLASSES, latency_repeats=1)
 
 
 def _gmacs_text(explorer) -> float:

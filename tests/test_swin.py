@@ -49,13 +49,18 @@ def test_gmacs_match_published(name):
     assert abs(gmacs / published["gmacs"] - 1) < 0.03, gmacs
 
 
-def test_nano_stage_one_holds_several_windows_at_128px():
+def test_nano_stage_one_holds_several_windows_at_256px():
     model = segviz.create_model("swin-nano").eval()
     with torch.no_grad(), segviz.capture(model, kinds=["window_attention"]) as rec:
-        model(torch.randn(1, 3, 128, 128))
+        model(torch.randn(1, 3, 256, 256))
     first, second = rec.attention["stages.0.blocks.0.attn"], rec.attention["stages.0.blocks.1.attn"]
-    assert first.feature_hw == (32, 32) and first.windows_hw == (8, 8) and first.shift == 0
-    assert second.shift == 2 and second.window == 4
+    # a 64 x 64 map padded to 70 x 70: 10 x 10 windows of the paper's 7 x 7 tokens, shift 3
+    assert first.feature_hw == (64, 64) and first.padded_hw == (70, 70) and first.windows_hw == (10, 10)
+    assert first.shift == 0 and first.window == 7
+    assert second.shift == 3 and second.window == 7
+    # stage 4 (8 x 8 > 7) keeps the full window even in the classifier: 2 x 2 padded windows
+    last = rec.attention["stages.3.blocks.1.attn"]
+    assert last.feature_hw == (8, 8) and last.windows_hw == (2, 2) and last.shift == 3
 
 
 # ---------------------------------------------------------------------------------------
@@ -368,9 +373,10 @@ def test_masked_probabilities_vanish_and_rows_sum_to_one():
     model = segviz.create_model("swin-nano").eval()
     with segviz.capture(model, kinds=["window_attention"]) as rec:
         model(torch.randn(2, 3, 64, 80))
-    record = rec.attention["stages.0.blocks.1.attn"]  # 16 x 20 map, window 4, shift 2
-    mask = shifted_window_mask(*record.padded_hw, record.window, record.shift)  # (nW, 16, 16)
-    probs = record.probs  # (B, nW, heads, 16, 16)
+    record = rec.attention["stages.0.blocks.1.attn"]  # 16 x 20 map (padded to 21 x 21), window 7, shift 3
+    assert record.window == 7 and record.shift == 3
+    mask = shifted_window_mask(*record.padded_hw, record.window, record.shift)  # (nW, 49, 49)
+    probs = record.probs  # (B, nW, heads, 49, 49)
     blocked = (mask == -100)[None, :, None].expand_as(probs)
     assert blocked.any()
     assert probs[blocked].max() < 1e-40

@@ -163,5 +163,6 @@ def test_capture_records_every_block_and_the_stage_features():
     assert len(rec.records(kind="window_attention")) == 8
     assert [tuple(rec.features[f"backbone.norms.{i}"].shape[-2:]) for i in range(4)] == [(18, 22), (9, 11), (5, 6),
                                                                                        (3, 3)]
-    # the dense backbone never shrinks its window: the 3x3 stage-4 map is one padded 4x4 window, shifted by 2
-    assert rec.attention["backbone.stages.3.blocks.1.attn"].shift == 2
+    # the dense backbone never shrinks its window: the 3x3 stage-4 map is one padded 7x7 window, shifted by 3
+    last = rec.attention["backbone.stages.3.blocks.1.attn"]
+    assert last.window == 7 and last.windows_hw == (1, 1) and last.shift == 3

@@ -5,6 +5,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -170,25 +172,34 @@ def test_masked_attention_figure_needs_a_shifted_record():
 
 
 def test_masked_probabilities_of_a_real_block_are_negligible(nano):
-    records = swin_records(nano, torch.randn(1, 3, 32, 32))
+    records = swin_records(nano, torch.randn(1, 3, 256, 256))   # a Scenes-sized input
     sw = records["stage 1 · block 2"]
-    blocked = shifted_window_mask(8, 8, 4, 2) < 0
-    assert sw.shift == 2 and sw.probs[0][blocked[:, None].expand_as(sw.probs[0])].max() < 1e-40
-    assert "across regions at most" in _texts(sv.masked_attention_figure(sw, window_index=3))
+    # a 64 x 64 map padded to 70 x 70: 10 x 10 windows of 7 x 7 tokens, shifted by 3
+    assert sw.window == 7 and sw.shift == 3 and sw.feature_hw == (64, 64) and sw.padded_hw == (70, 70)
+    blocked = shifted_window_mask(70, 70, 7, 3) < 0
+    labels = torch.from_numpy(sv.region_labels(70, 70, 7, 3)).reshape(1, 70, 70, 1)
+    assert len(set(window_partition(labels, 7)[-1, :, 0].tolist())) == 4   # the last window mixes 4 regions
+    assert blocked[-1].any()
+    assert sw.probs[0][blocked[:, None].expand_as(sw.probs[0])].max() < 1e-40
+    text = _texts(sv.masked_attention_figure(sw, window_index=-1))
+    assert "window 99 (row 9, column 9" in text
+    assert float(re.search(r"across regions at most (\S+)", text).group(1)) < 1e-40
 
 
 # --------------------------------------------------------------------------- explorer
 def test_window_setting_changes_and_restores(nano):
     x = torch.randn(1, 3, 64, 64)
-    assert allowed_windows(nano) == (2, 3, 4)
+    assert allowed_windows(nano) == (2, 3, 4, 5, 6, 7)   # up to the trained M = 7
     small = swin_records(nano, x, window=2, shift=False)
     assert all(r.window == 2 and r.shift == 0 for r in small.values())
+    four = swin_records(nano, x, window=4)
+    assert all(r.window == 4 for r in four.values()) and [r.shift for r in four.values()] == [0, 2] * 4
     normal = swin_records(nano, x)
-    assert [r.shift for r in normal.values()] == [0, 2] * 4 and normal["stage 1 · block 1"].window == 4
+    assert [r.shift for r in normal.values()] == [0, 3] * 4 and normal["stage 1 · block 1"].window == 7
     with pytest.raises(ValueError, match="window must be one of"):
-        with window_setting(nano, window=5):
+        with window_setting(nano, window=8):
             pass
-    assert all(s.window_size == 4 for s in nano.backbone.stages)
+    assert all(s.window_size == 7 for s in nano.backbone.stages)
 
 
 def test_explorer_controls_change_the_drawn_figure(nano):
