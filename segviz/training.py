@@ -6,6 +6,12 @@
 
 Trained weights are cached (safetensors) under ``$SEGVIZ_CACHE`` (default ``~/.cache/segviz``),
 keyed by everything that determines the result, so notebooks re-run in seconds.
+
+Longer runs of registered models on :class:`segviz.data.Scenes` go to a run folder instead
+(:func:`train_run`, the command line ``python -m segviz train NAME``): a resumable
+``checkpoint.pt``, the weights ``NAME.safetensors`` and a model card ``NAME.json``; the same
+command trains on N processes under ``torchrun --nproc_per_node N``. Both share one loop
+(``_fit``): AdamW, a warmup + poly / cosine schedule (:func:`lr_factor`), optional autocast.
 """
 from __future__ import annotations
 
