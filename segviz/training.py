@@ -614,10 +614,9 @@ def _fit(model: nn.Module, dataset, *, steps: int, batch_size: int, lr: float, w
             _atomic_write(checkpointer.path, lambda tmp: torch.save(blob, tmp))
             checkpointer.last_step = state.step
         except Exception as err:  # noqa: BLE001 - a failed checkpoint must not end the run
-            if final:
-                raise
-            warnings.warn(f"could not write the checkpoint {checkpointer.path} at step {state.step} "
-                          f"({type(err).__name__}: {err}); training goes on", stacklevel=2)
+            goes_on = "the final files are written next" if final else "training goes on"
+            _say(f"warning: could not write the checkpoint {checkpointer.path} at step {state.step} "
+                 f"({type(err).__name__}: {err}); {goes_on}")
 
     name = desc or f"training {getattr(model, 'segviz_name', type(model).__name__)}"
     bar = tqdm(total=steps, initial=state.step, desc=name, disable=not progress or rank != 0)
@@ -1092,6 +1091,10 @@ def train_run(
         elif world.rank == 0:
             _say(f"note: no {ckpt_path} to resume; starting a new run")
     command = command if command is not None else shlex.join(sys.argv)
+    if saved and not saved.get("finished") and world.rank == 0 and len(saved.get("rng") or []) != world.size:
+        _say(f"note: the checkpoint was written by {len(saved.get('rng') or [])} process(es), this run has "
+             f"{world.size}: the data order and the weights continue exactly, the random dropout / drop-path "
+             f"masks do not")
     segment = {"start": saved["step"] if saved else 0, "device": device.type, "amp": amp,
                "world_size": world.size, "command": command}
     segments = (list(saved["segments"]) if saved else []) + [segment]

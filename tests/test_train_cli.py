@@ -196,6 +196,18 @@ def test_when_the_final_files_cannot_be_written_the_checkpoint_keeps_the_run(tmp
     assert card["losses"] == checkpoint["losses"] and len(card["segments"]) == 1
 
 
+def test_a_checkpoint_that_cannot_be_written_does_not_stop_the_run(tmp_path, monkeypatch, capsys):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    assert run(tmp_path, "--checkpoint-every", "1", steps=2) == 0
+    err = capsys.readouterr().err
+    assert "warning: could not write the checkpoint" in err and "at step 1" in err and "training goes on" in err
+    assert "at step 2" in err and "the final files are written next" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["segformer-nano.json", "segformer-nano.safetensors"]
+
+
 def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     real = training._loss
     calls = []
