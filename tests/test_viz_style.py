@@ -14,7 +14,7 @@ from matplotlib.text import Text
 
 import segviz
 from segviz import viz
-from segviz.data import CLASSES, Shapes
+from segviz.data import CLASSES, SCENE_CLASSES, Scenes
 from segviz.nn.recording import AttentionRecord
 from segviz.viz import style
 
@@ -65,11 +65,11 @@ def eda():
 def _isr_figure(eda):
     from segviz.viz.isr_explorer import PAPER_PRESETS, evaluate_setting, isr_figure
 
-    data = Shapes(2, size=64, seed=5)
+    data = Scenes(2, size=64, seed=5, split="val")
     x = data[0][0][None]
     ref = evaluate_setting(eda, x, {}, eval_set=data)
     now = evaluate_setting(eda, x, PAPER_PRESETS["paper: enc [16,8,2,1], dec [2,4,8]"], eval_set=data)
-    return isr_figure(data.array(0), now, ref, "enc 1", (32, 32), class_names=CLASSES)
+    return isr_figure(data.array(0), now, ref, "enc 1", (32, 32), class_names=SCENE_CLASSES)
 
 
 def _diagram(eda):
@@ -98,7 +98,7 @@ FIGURES = {
     "padding_leak_5": lambda: viz.padding_leak(leaks(5)),
     "padding_leak_1": lambda: viz.padding_leak(leaks(1)),
     "table_figure": lambda: viz.table_figure(viz.attention_cost_rows((512, 512), dims=(32, 64, 160, 256)), title="attention cost"),
-    "plot_shapes": lambda: viz.plot_shapes(Shapes(4, size=64, seed=0), [0, 1, 2, 3]),
+    "plot_shapes": lambda: viz.plot_shapes(Scenes(4, size=128, seed=0), [0, 1, 2, 3]),
     "attention_overlay": lambda: viz.attention_overlay(photo(), record(), (10, 50), title="stage 1"),
     "attention_grid": lambda: viz.attention_grid(photo(), four_stages(), (10, 50)),
     "attention_grid_4_heads": lambda: viz.attention_grid(photo(), four_stages(), (10, 50), heads=[0, 1, 2, 3]),
