@@ -38,6 +38,7 @@ def ship(run_dir: Path, tag: str, eval_n: int = 100) -> dict:
     target = ZOO_DIR / f"{name}.{tag}.safetensors"
     half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
     save_file(half, str(target))
+    target.chmod(0o644)  # package data: readable by everyone
 
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in card["config"].items()}
     model = segviz.create_model(name, **config)

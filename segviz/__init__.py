@@ -22,6 +22,7 @@ _PUBLIC = {
     "create_model": "segviz.registry",
     "list_models": "segviz.registry",
     "list_weights": "segviz.zoo",
+    "zoo": "segviz.zoo",
     "capture": "segviz.inspect.capture",
     "count_params": "segviz.inspect.costs",
     "flops": "segviz.inspect.costs",
@@ -38,7 +39,7 @@ def __getattr__(name: str):
     if name not in _PUBLIC:
         raise AttributeError(f"module 'segviz' has no attribute {name!r}")
     module = importlib.import_module(_PUBLIC[name])
-    value = module if name == "data" else getattr(module, name)
+    value = module if name in ("data", "zoo") else getattr(module, name)
     globals()[name] = value  # later look-ups skip this function
     return value
 
