@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -36,23 +38,27 @@ def ship(run_dir: Path, tag: str, eval_n: int = 100) -> dict:
     name = cards[0].stem
     state = read_state_dict(cards[0].with_suffix(".safetensors"))
     target = ZOO_DIR / f"{name}.{tag}.safetensors"
+    # written outside the zoo first: the zoo lists *.safetensors, and an entry must not show up
+    # before its card exists
+    staging = Path(tempfile.mkdtemp()) / target.name
     half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
-    save_file(half, str(target))
-    target.chmod(0o644)  # package data: readable by everyone
+    save_file(half, str(staging))
+    staging.chmod(0o644)  # package data: readable by everyone
 
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in card["config"].items()}
     model = segviz.create_model(name, **config)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in read_state_dict(target).items()})
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in read_state_dict(staging).items()})
     held_out = Scenes(eval_n, size=card["dataset"]["train"]["size"], seed=0, split="val")
     torch.manual_seed(0)
     card["shipped"] = {
         "tag": tag,
         "dtype": "float16",
-        "bytes": target.stat().st_size,
+        "bytes": staging.stat().st_size,
         "eval": held_out.description(),
         "val_miou": evaluate(model, held_out, batch_size=16, device="cpu"),
     }
     card_path(target).write_text(json.dumps(card, indent=2) + "\n")
+    shutil.move(staging, target)
     return card
 
 
