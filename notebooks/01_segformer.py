@@ -30,8 +30,10 @@
 # 4. the All-MLP decoder's four steps as maps, and the prediction;
 # 5. B0–B5: parameters and GFLOPs measured next to the paper's.
 #
-# The maps come from `segformer-nano`, a tiny SegFormer trained for about half a minute on the synthetic
-# Shapes set (the trainer caches its weights, so a second run skips this).
+# The maps come from `segformer-nano`, a tiny SegFormer (4 stages of one block each, 16 to 128 channels)
+# trained on the synthetic Scenes set: 256×256 images of discs, rings, rectangles, triangles and crosses
+# whose colour and texture carry no class information. Its weights ship with segviz, so nothing trains
+# here.
 
 # %%
 # %matplotlib inline
@@ -40,26 +42,41 @@ import torch
 
 import segviz
 from segviz import viz
-from segviz.data import CLASSES, Shapes, sample_image
+from segviz.data import SCENE_CLASSES, Scenes, sample_image
 
 torch.manual_seed(0)
 photo = sample_image("astronaut", size=256)          # .array (256, 256, 3) uint8, .tensor (1, 3, 256, 256)
-model = segviz.create_model("segformer-nano")        # 5 classes: background + 4 shapes
-result = segviz.train(model, Shapes(512, size=64, seed=0), steps=400, batch_size=16, lr=0.004, progress=False)
-print(f"segformer-nano: {segviz.count_params(model):,} parameters; "
-      f"validation mIoU on held-out Shapes: {result.val_miou:.2f}"
-      + (" (weights from the cache)" if result.from_cache else ""))
+model = segviz.create_model("segformer-nano", weights="scenes").eval()   # 6 classes: background + 5 shapes
+card = next(w for w in segviz.list_weights("segformer-nano") if w.tag == "scenes").card
+
+# %% [markdown]
+# What the shipped weights' model card says (how they were trained, and their mIoU on held-out scenes):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"segformer-nano, weights 'scenes': {card['params']:,} parameters, trained {card['steps']} steps of "
+      f"{card['batch_size']} Scenes images ({card['image_size']} px) on {card['device'].upper()} in "
+      f"{card['wall_time_s'] / 60:.0f} min; held-out mIoU {card['shipped']['val_miou']:.3f} "
+      f"({card['shipped']['eval']['n']} val scenes)")
 
 # %% [markdown]
 # One forward pass on the photo, recorded: attention probabilities and stage feature maps, by module
-# name. Every figure below is drawn from this single recording. First, what the model predicts (it
-# knows only shapes, so on a photo it marks regions that look round, boxy or pointed):
+# name. Every figure of the photo below is drawn from this single recording. First, what the model
+# predicts on a held-out scene (truth and prediction coloured over a pale copy of the scene, so that the
+# objects' own colours cannot pass for class colours) and on the photo, where, knowing only shapes, it
+# marks regions that look round, boxy, pointed or cross-like:
 
 # %%
+held_out = Scenes(100, 256, seed=0, split="val")     # the held-out scenes of the card's mIoU
+scene, truth = held_out[37]
 with torch.no_grad(), segviz.capture(model) as rec:
-    logits = model(photo.tensor)                      # (1, 5, 64, 64): 1/4 of the input
+    logits = model(photo.tensor)                      # (1, 6, 64, 64): 1/4 of the input
+with torch.no_grad():
+    scene_logits = model(scene[None])
 print(rec)
-viz.prediction_overlay(photo.array, logits, CLASSES, title="segformer-nano on a 256×256 photo")
+pale = (0.3 * held_out.array(37).mean(-1, keepdims=True) + 0.7 * 255).astype("uint8").repeat(3, -1)
+viz.prediction_panels([(pale, truth, "held-out scene 37: truth"), (pale, scene_logits, "its prediction"),
+                       (photo.array, logits, "segformer-nano on a 256×256 photo")], SCENE_CLASSES)
 
 # %% [markdown]
 # ## 1. Overlapping patch embedding
@@ -203,7 +220,7 @@ big = sample_image("astronaut", size=400)
 with torch.no_grad():
     big_logits = model(big.tensor)
 print("logits at 256:", tuple(logits.shape), " at 400:", tuple(big_logits.shape))
-viz.prediction_panels([(photo.array, logits, "256×256 input"), (big.array, big_logits, "400×400 input")], CLASSES)
+viz.prediction_panels([(photo.array, logits, "256×256 input"), (big.array, big_logits, "400×400 input")], SCENE_CLASSES)
 
 # %% [markdown]
 # **Where does position come from?** Feed a block inputs that are identical everywhere. A block that
@@ -258,7 +275,7 @@ with torch.no_grad():                                  # step 1 alone: the per-s
     projected = [tokens_to_map(model.decoder.linear_c[i].proj(map_to_tokens(f)), tuple(f.shape[-2:]))
                  for i, f in enumerate(stage_maps)]
 upsampled = [rec.features[f"decoder.linear_c.{i}"] for i in range(4)]   # steps 1 + 2, recorded
-viz.decoder_steps(projected, upsampled, rec.features["decoder"], logits, CLASSES)
+viz.decoder_steps(projected, upsampled, rec.features["decoder"], logits, SCENE_CLASSES)
 
 # %% [markdown]
 # The logits come out at 1/4 resolution; `model.predict` upsamples them bilinearly to the input size:
@@ -267,7 +284,7 @@ viz.decoder_steps(projected, upsampled, rec.features["decoder"], logits, CLASSES
 with torch.no_grad():
     full = model.predict(photo.tensor)
 print("predict:", tuple(full.shape))
-viz.prediction_overlay(photo.array, full, CLASSES, title="prediction at full resolution")
+viz.prediction_overlay(photo.array, full, SCENE_CLASSES, title="prediction at full resolution")
 
 # %% [markdown]
 # ## 5. B0–B5: measured next to published
