@@ -96,7 +96,7 @@ def spread(curves: Sequence[Sequence[Mapping]]) -> list[dict]:
 def plot_isr_curves(curves: Mapping[str, Sequence[Sequence[Mapping]]], title: str | None = None) -> Figure:
     """mIoU against GMACs: for each model (name -> its per-seed curves) the mean over seeds with a
     ±1 std band and every seed as a faint line; the paper's two presets ringed."""
-    fig = style.figure(9.5, 4.6)
+    fig = style.figure(9.5, 5.0)
     ax_abs, ax_rel = fig.subplots(1, 2)
     colors = dict(zip(curves, ("tab:blue", "tab:orange", "tab:green", "tab:red")))
     for name, per_seed in curves.items():
@@ -119,7 +119,8 @@ def plot_isr_curves(curves: Mapping[str, Sequence[Sequence[Mapping]]], title: st
         ax.set_ylabel("held-out mIoU")
         ax.grid(alpha=0.3)
     ax_abs.plot([], [], "o", ms=11, mfc="none", mec="black", label="the paper's ISR presets")
-    ax_abs.legend(fontsize=style.SMALL, loc="lower right")
+    handles, labels = ax_abs.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=style.SMALL, frameon=False)
     fig.suptitle(title or "ISR: accuracy against cost, same weights, keys reduced further at inference")
     return fig
 
