@@ -35,7 +35,7 @@
 # %matplotlib inline
 # %config InlineBackend.figure_formats = ["jpeg"]  # figures as JPEG: keeps the saved notebook small
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm                                   # a text bar: it also shows in a saved notebook
 
 import segviz
 from segviz import viz
