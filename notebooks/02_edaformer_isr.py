@@ -179,7 +179,7 @@ viz.stage_pca(decoder_maps, held_out.array(i))
 # scene and which of its pixels changed class, and the mIoU on the first 8 held-out scenes (few, to keep
 # an update fast; section 4 uses all 100 and three seeds). Latency is timed only when you press its
 # button, and at 512×512: at the nano model's 256×256 the speed-up of ISR is smaller than the
-# run-to-run noise of this CPU (section 3 below says where it becomes visible).
+# run-to-run noise of this CPU (the end of this section says where it becomes visible).
 
 # %%
 quick_set = Scenes(8, size=held_out.size, seed=0, split="val")    # the first 8 scenes of held_out
