@@ -33,7 +33,7 @@ from segviz.data import SCENE_CLASSES, Scenes, sample_image
 torch.manual_seed(0)
 photo = sample_image("astronaut", size=256)          # .array (256, 256, 3) uint8, .tensor (1, 3, 256, 256)
 model = segviz.create_model("segformer-nano", weights="scenes").eval()   # 6 classes: background + 5 shapes
-card = next(w for w in segviz.list_weights("segformer-nano") if w.tag == "scenes").card
+shipped = segviz.zoo.find("segformer-nano", "scenes")   # its card: shipped.card
 
 # %% [markdown]
 # The weights come with a model card (`segviz.list_weights()` lists every shipped model): how they were
@@ -41,10 +41,7 @@ card = next(w for w in segviz.list_weights("segformer-nano") if w.tag == "scenes
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"segformer-nano, weights 'scenes': {card['params']:,} parameters, trained {card['steps']} steps of "
-      f"{card['batch_size']} Scenes images ({card['image_size']} px) on {card['device'].upper()} in "
-      f"{card['wall_time_s'] / 60:.0f} min; held-out mIoU {card['shipped']['val_miou']:.3f} "
-      f"({card['shipped']['eval']['n']} val scenes)")
+print(shipped.describe())
 
 # %% [markdown]
 # ## A prediction

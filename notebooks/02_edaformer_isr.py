@@ -47,11 +47,9 @@ from segviz.viz.isr_study import ISR_LADDER, isr_curve, model_ladder, plot_isr_c
 
 torch.manual_seed(0)
 model = segviz.create_model("edaformer-nano", weights="scenes")   # trained with ratios enc (8, 4, 2, 1), dec (4, 2, 1)
-card = segviz.zoo.find("edaformer-nano", "scenes").card
-held_out = Scenes(**{k: v for k, v in card["shipped"]["eval"].items() if k != "class"})  # the card's held-out set
-print(f"edaformer-nano: {card['params']:,} parameters, trained {card['steps']} steps of {card['batch_size']} "
-      f"Scenes images at {held_out.size} px (seed {card['seed']}, {card['device']}); "
-      f"mIoU on {len(held_out)} held-out scenes: {card['shipped']['val_miou']:.3f}")
+shipped = segviz.zoo.find("edaformer-nano", "scenes")
+held_out = Scenes(**{k: v for k, v in shipped.card["shipped"]["eval"].items() if k != "class"})  # the card's held-out set
+print(shipped.describe())
 
 # %% [markdown]
 # A held-out scene, what the model predicts, and where one pixel (cyan +, on an object) looks in the

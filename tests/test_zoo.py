@@ -89,3 +89,13 @@ def test_list_weights_filters_by_model_and_prints_a_row():
 def test_cards_are_valid_json_beside_each_file():
     for entry in ENTRIES:
         assert json.loads(entry.path.with_suffix(".json").read_text())["shipped"]["dtype"] == "float16"
+
+
+def test_describe_sums_up_the_card():
+    entry = find("segformer-nano", "scenes")
+    text = entry.describe()
+    card = entry.card
+    assert text.startswith("segformer-nano, weights 'scenes': ")
+    for part in (f"{card['params']:,} parameters", f"trained {card['steps']} steps of {card['batch_size']}",
+                 f"({card['image_size']} px)", f"held-out mIoU {entry.val_miou:.3f}", f"({card['shipped']['eval']['n']} val scenes)"):
+        assert part in text, part

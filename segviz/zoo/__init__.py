@@ -42,6 +42,14 @@ class WeightEntry:
         """mIoU of the stored (float16) weights on the card's held-out set."""
         return float(self.card["shipped"]["val_miou"])
 
+    def describe(self) -> str:
+        """One sentence from the card: parameters, how it was trained, and its held-out mIoU."""
+        c, shipped = self.card, self.card["shipped"]
+        return (f"{self.model}, weights {self.tag!r}: {c['params']:,} parameters, trained {c['steps']} steps of "
+                f"{c['batch_size']} Scenes images ({c['image_size']} px) on {c['device'].upper()} in "
+                f"{c['wall_time_s'] / 60:.0f} min; held-out mIoU {shipped['val_miou']:.3f} "
+                f"({shipped['eval']['n']} val scenes)")
+
     def __str__(self) -> str:
         c = self.card
         return (f"{self.model:<20} {self.tag:<18} mIoU {self.val_miou:.3f}  {c['params']:>9,} params  "
