@@ -3,3 +3,4 @@ from segviz.models import segformer  # noqa: F401
 from segviz.models import edaformer  # noqa: F401
 from segviz.models import swin  # noqa: F401
 from segviz.models import upernet  # noqa: F401
+from segviz.models import deeplabv3plus  # noqa: F401
