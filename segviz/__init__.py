@@ -28,6 +28,8 @@ _PUBLIC = {
     "flops": "segviz.inspect.costs",
     "summary": "segviz.inspect.costs",
     "isr": "segviz.inspect.isr",
+    "receptive_field": "segviz.inspect.receptive_field",
+    "erf": "segviz.inspect.receptive_field",
     "set_isr": "segviz.inspect.isr",
     "miou": "segviz.training",
     "train": "segviz.training",
