@@ -26,6 +26,7 @@ _PUBLIC = {
     "capture": "segviz.inspect.capture",
     "count_params": "segviz.inspect.costs",
     "flops": "segviz.inspect.costs",
+    "fuse_for_inference": "segviz.inspect.fuse",
     "summary": "segviz.inspect.costs",
     "isr": "segviz.inspect.isr",
     "receptive_field": "segviz.inspect.receptive_field",

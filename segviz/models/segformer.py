@@ -362,6 +362,111 @@ class AllMLPDecoder(nn.Module):
         return self.linear_pred(self.dropout(fused))
 
 
+class FusedMLPDecoder(nn.Module):
+    """:class:`AllMLPDecoder` rewritten for inference: the same function, with the fuse's
+    1x1 convolution (and its BatchNorm) merged into each stage's Linear, *before*
+    upsampling. Build it with :meth:`from_decoder` (``segviz.fuse_for_inference`` does).
+
+    The readable decoder computes, with U the bilinear upsampling to 1/4 and the fuse's
+    weight W_f (C, 4C) cut into four C x C blocks, one per stage,
+
+        F = ReLU(BN(W_f [U(W_4 x_4 + b_4); U(W_3 x_3 + b_3); U(W_2 x_2 + b_2); U(W_1 x_1 + b_1)]))
+          = ReLU(BN(Σ_i W_f,i U(W_i x_i + b_i)))                   (a block matrix times a stack)
+          = ReLU(BN(Σ_i U(W_f,i W_i x_i + W_f,i b_i)))             (W_f,i and U commute, below)
+
+    and eval-mode BatchNorm is itself an affine map per channel, BN(z) = s ⊙ z + t with
+    s = γ / sqrt(σ² + ε) and t = β - s ⊙ μ (running statistics), so it folds in as well:
+
+        F = ReLU(Σ_i U(A_i x_i + c_i)),   A_i = diag(s) W_f,i W_i    (C x C_i)
+                                          c_i = s ⊙ (W_f,i b_i)      (+ t, added to c_1 only)
+
+    **Why U and W_f,i commute.** Write one map as a matrix X (channels x pixels). A 1x1
+    convolution mixes channels with the same weights at every pixel: X -> A X. Bilinear
+    upsampling mixes pixels with the same weights in every channel: X -> X Kᵀ, where row p
+    of K holds the (at most four) weights of the input pixels that output pixel p
+    interpolates. So A (X Kᵀ) = (A X) Kᵀ: the two products act on different sides of X.
+    Biases survive too: a bias is a constant map b 1ᵀ, and U(b 1ᵀ) = b (K 1)ᵀ = b 1ᵀ because
+    each output pixel is a convex combination of input pixels, its weights summing to 1.
+    That holds for ``align_corners=False`` and ``True`` alike (they pick other pixels and
+    weights, but each row of K still sums to 1); what matters is that the fused decoder
+    upsamples with the same mode as the readable one. (A resampling that pads with zeros at
+    the border, such as ``grid_sample(padding_mode="zeros")``, would break the bias step.)
+    Stage 1 is already at 1/4, where U is the identity, so it is not resampled at all.
+
+    **What it saves.** The readable decoder spends C_i·C multiply-adds per pixel of stage i
+    and then 4C·C per pixel at 1/4 for the fuse; the fused one spends only C_i·C per pixel of
+    stage i, at that stage's own resolution. For B0 at 512 (C = 256) the fuse was 4.3 of
+    the model's 8.4 GMACs. The results agree up to float rounding (the products A_i are
+    formed in float64, then cast).
+
+    **What it gives up.** The per-stage maps F̂_i = U(W_i x_i + b_i) never exist here, so
+    ``capture`` has no ``linear_c.*`` features; the fused map F is still recorded as the
+    decoder's "feature". Dropout is gone and BatchNorm is frozen: the decoder refuses to be
+    put in training mode (train the readable model, then fuse again).
+
+    Shapes: as :class:`AllMLPDecoder`, four maps (B, C_i, H/2^(i+1), W/2^(i+1)) -> logits
+    (B, num_classes, H/4, W/4), the same values laid out channels-last in memory (the maps
+    are views of token tensors; call ``.contiguous()`` if you need the other layout).
+    """
+
+    def __init__(self, in_dims: Sequence[int], dim: int, num_classes: int):
+        super().__init__()
+        self.stage_proj = nn.ModuleList(nn.Linear(c, dim) for c in in_dims)  # x_i -> A_i x_i + c_i
+        self.linear_pred = nn.Linear(dim, num_classes)  # the readable 1x1 conv, as a Linear on tokens
+        self.train(False)
+
+    @classmethod
+    @torch.no_grad()
+    def from_decoder(cls, decoder: AllMLPDecoder) -> FusedMLPDecoder:
+        """The fused decoder computing what ``decoder`` computes in eval mode (same device and dtype)."""
+        conv, bn = decoder.linear_fuse.conv, decoder.linear_fuse.bn
+        if bn.running_mean is None or bn.running_var is None:
+            raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False): "
+                             "in eval mode it normalises with each batch's statistics, which no fixed weight can")
+        dim = conv.out_channels
+        weight = conv.weight
+        fused = cls([p.proj.in_features for p in decoder.linear_c], dim, decoder.linear_pred.out_channels)
+        fused = fused.to(device=weight.device, dtype=weight.dtype)
+
+        def f64(t: Tensor | None, default: float) -> Tensor:
+            return torch.full((dim,), default, dtype=torch.float64, device=weight.device) if t is None else t.double()
+
+        scale = f64(bn.weight, 1.0) / torch.sqrt(bn.running_var.double() + bn.eps)  # s
+        shift = f64(bn.bias, 0.0) + scale * (f64(conv.bias, 0.0) - bn.running_mean.double())  # t (and a conv bias)
+        blocks = weight.double().flatten(1).split(dim, dim=1)[::-1]  # W_f,1 .. W_f,4 (concat runs stage 4 first)
+        for i, (proj, w_fuse, out) in enumerate(zip(decoder.linear_c, blocks, fused.stage_proj)):
+            out.weight.copy_(scale[:, None] * (w_fuse @ proj.proj.weight.double()))  # A_i
+            bias = scale * (w_fuse @ proj.proj.bias.double())  # c_i
+            out.bias.copy_(bias + shift if i == 0 else bias)
+        fused.linear_pred.weight.copy_(decoder.linear_pred.weight.flatten(1))
+        fused.linear_pred.bias.copy_(decoder.linear_pred.bias)
+        return fused
+
+    def train(self, mode: bool = True) -> FusedMLPDecoder:
+        if mode:
+            raise ValueError(
+                "FusedMLPDecoder is for inference only (its BatchNorm is folded into fixed weights and it has "
+                "no dropout); train the readable model and call segviz.fuse_for_inference again"
+            )
+        return super().train(False)
+
+    def forward(self, features: Sequence[Tensor]) -> Tensor:
+        size = tuple(features[0].shape[-2:])
+        fused = None
+        for proj, f in zip(self.stage_proj, features):
+            # A_i x_i + c_i at stage i's size, as a (B, C, h, w) view of the (B, h, w, C) tokens: a true
+            # channels-last map (also for B = 1), which bilinear upsampling on CPU handles without a copy
+            y = proj(map_to_tokens(f)).unflatten(1, tuple(f.shape[-2:])).permute(0, 3, 1, 2)
+            if tuple(y.shape[-2:]) != size:
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)  # U, as in MLPProjection
+            fused = y if fused is None else fused.add_(y)  # Σ_i, into the first stage's fresh map
+        fused = F.relu(fused, inplace=True)
+        if recording.wants(self, "feature"):
+            recording.emit(self, "feature", features=fused)
+        # the classifier on the (B, H, W, C) tokens the channels-last map is a view of
+        return self.linear_pred(fused.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
 # ----------------------------------------------------------------------------------------
 # 6. The whole model
 # ----------------------------------------------------------------------------------------
