@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: lab test unit nbval notebooks browser-deps clean
+.PHONY: lab test unit nbval notebooks browser-deps clean parity
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,5 +60,25 @@ notebooks: $(VENV)/.notebook-installed
 		--ExecutePreprocessor.timeout=900 --ExecutePreprocessor.record_timing=False $(NOTEBOOK_SOURCES:.py=.ipynb)
 	$(BIN)/jupytext --sync $(NOTEBOOK_SOURCES)
 
+# The reference environment for the parity tests (tests_parity/): torchvision from the package index with
+# the index's own torch build (torchvision's wheels do not load with the CPU torch wheel of .venv).
+# "torch===X" asks for exactly the version string X, so a local X+cpu wheel that pip may find through its
+# find-links cannot stand in for the index build. Built once (stamp file); segviz's own install keeps that torch.
+PARITY      := .venv-parity
+PARITY_BIN  := $(PARITY)/bin
+PARITY_TORCH ?= 2.13.0
+PARITY_TORCHVISION ?= 0.28.0
+
+$(PARITY)/.installed: pyproject.toml
+	test -x $(PARITY_BIN)/python || $(PYTHON) -m venv $(PARITY)
+	$(PARITY_BIN)/python -m pip install -q --no-cache-dir "torch===$(PARITY_TORCH)" "torchvision==$(PARITY_TORCHVISION)" transformers
+	$(PARITY_BIN)/python -m pip install -q --no-cache-dir -e '.[test]'
+	$(PARITY_BIN)/python -c "import torch, torchvision; torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)"
+	touch $@
+
+# Numerical parity with the reference implementations (torchvision's DeepLabv3 and ResNet).
+parity: $(PARITY)/.installed
+	$(PARITY_BIN)/python -m pytest -p no:cacheprovider tests_parity
+
 clean:
-	rm -rf $(VENV) *.egg-info test-output
+	rm -rf $(VENV) $(PARITY) *.egg-info test-output
