@@ -4,3 +4,4 @@ from segviz.models import edaformer  # noqa: F401
 from segviz.models import swin  # noqa: F401
 from segviz.models import upernet  # noqa: F401
 from segviz.models import deeplabv3plus  # noqa: F401
+from segviz.models import mask2former  # noqa: F401
