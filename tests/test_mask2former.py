@@ -162,3 +162,141 @@ def test_bad_mask2former_config():
         meta_model("mask2former-swin-nano", importance_sample_ratio=1.5)
     with pytest.raises(ValueError, match="oversample_ratio"):
         meta_model("mask2former-swin-nano", oversample_ratio=0.5)
+
+
+# ---------------------------------------------------------------------------------------
+# Matching and the criterion
+# ---------------------------------------------------------------------------------------
+def _set_problem(seed=0, b=2, queries=6, classes=5, hw=(12, 10), targets=(3, 2), layers=3):
+    g = torch.Generator().manual_seed(seed)
+    preds = [(torch.randn(b, queries, classes + 1, generator=g) * 2, torch.randn(b, queries, *hw, generator=g) * 3)
+             for _ in range(layers)]
+    tgts = []
+    for t in targets:
+        labels = torch.randperm(classes, generator=g)[:t]
+        masks = torch.rand(t, hw[0] * 4, hw[1] * 4, generator=g) < 0.4  # targets at 4x the prediction's size
+        tgts.append((labels, masks))
+    return preds, tgts
+
+
+def test_matching_cost_and_assignment_equal_huggingface(monkeypatch):
+    preds, tgts = _set_problem()
+    (class_logits, mask_logits) = preds[-1]
+    seen = []
+    real = hf_m2f.linear_sum_assignment
+    monkeypatch.setattr(hf_m2f, "linear_sum_assignment", lambda cost: seen.append(cost.clone()) or real(cost))
+    matcher = hf_m2f.Mask2FormerHungarianMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=500)
+    torch.manual_seed(3)
+    theirs = matcher(mask_logits, class_logits, [m.float() for _, m in tgts], [c for c, _ in tgts])
+    torch.manual_seed(3)  # the same uniform points: both draw torch.rand(1, P, 2) per image, in order
+    for i, (c, m) in enumerate(tgts):
+        cost = m2f.matching_cost(class_logits[i], mask_logits[i], c, m, 500)
+        torch.testing.assert_close(cost["total"], seen[i], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(cost["total"], 2 * cost["class"] + 5 * cost["mask"] + 5 * cost["dice"])
+        rows, cols = m2f.hungarian_match(cost["total"])
+        assert torch.equal(rows, theirs[i][0]) and torch.equal(cols, theirs[i][1])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_assignment_is_the_brute_force_minimum(seed):
+    g = torch.Generator().manual_seed(seed)
+    queries, targets = [(5, 3), (4, 4), (6, 2)][seed % 3]
+    cost = torch.rand(queries, targets, generator=g) * 10 - 3
+    rows, cols = m2f.hungarian_match(cost)
+    assert len(rows) == targets and len(set(rows.tolist())) == targets and sorted(cols.tolist()) == list(range(targets))
+    best = min(sum(cost[q, t].item() for q, t in zip(perm, range(targets)))
+               for perm in itertools.permutations(range(queries), targets))
+    assert abs(cost[rows, cols].sum().item() - best) < 1e-5
+    # a non-finite cost is taken only when nothing else is left
+    cost[rows[0], cols[0]] = math.nan
+    rows2, cols2 = m2f.hungarian_match(cost)
+    assert not any(r == rows[0] and c == cols[0] for r, c in zip(rows2.tolist(), cols2.tolist()))
+
+
+def test_pairwise_costs_equal_the_pointwise_losses():
+    g = torch.Generator().manual_seed(4)
+    logits, targets = torch.randn(4, 50, generator=g), (torch.rand(3, 50, generator=g) < 0.5).float()
+    bce, dice = m2f.pairwise_bce(logits, targets), m2f.pairwise_dice(logits, targets)
+    one = torch.tensor(1.0)
+    for q in range(4):
+        for t in range(3):
+            torch.testing.assert_close(bce[q, t], m2f.bce_loss(logits[q:q + 1], targets[t:t + 1], one))
+            torch.testing.assert_close(dice[q, t], m2f.dice_loss(logits[q:q + 1], targets[t:t + 1], one))
+    torch.testing.assert_close(bce, hf_m2f.pair_wise_sigmoid_cross_entropy_loss(logits, targets))
+    torch.testing.assert_close(dice, hf_m2f.pair_wise_dice_loss(logits, targets))
+
+
+def test_criterion_equals_huggingface_loss_with_the_same_random_points():
+    """Both draw their random points in the same order (matcher of the final prediction, its
+    importance sampling, then each intermediate prediction in turn), so with the same seed they
+    sample the same points and every loss term must agree."""
+    preds, tgts = _set_problem(seed=5, layers=4)
+    config = Mask2FormerConfig(backbone_config=SwinConfig(out_features=["stage1", "stage2", "stage3", "stage4"]),
+                               num_labels=5, train_num_points=300)
+    weights = {"loss_cross_entropy": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
+    hf_loss = hf_m2f.Mask2FormerLoss(config, weights)
+    torch.manual_seed(7)
+    theirs = hf_loss(preds[-1][1], preds[-1][0], [m.float() for _, m in tgts], [c for c, _ in tgts],
+                     auxiliary_predictions=[{"masks_queries_logits": m, "class_queries_logits": c}
+                                            for c, m in preds[:-1]])
+    ours = m2f.SetCriterion(5, num_points=300)
+    torch.manual_seed(7)
+    total, per_layer = ours(preds, tgts)
+    names = {"class": "loss_cross_entropy", "mask": "loss_mask", "dice": "loss_dice"}
+    for i, losses in enumerate(per_layer):
+        suffix = "" if i == 0 else f"_{i - 1}"
+        for ours_name, hf_name in names.items():
+            torch.testing.assert_close(losses[ours_name], theirs[hf_name + suffix], atol=1e-5, rtol=1e-5)
+    expected = sum(weights[k.rsplit("_", 1)[0] if k[-1].isdigit() else k] * v for k, v in theirs.items())
+    torch.testing.assert_close(total, expected, atol=1e-4, rtol=1e-5)
+    assert len(per_layer) == 4
+
+
+def test_importance_sampling_keeps_the_most_uncertain_candidates():
+    logits = torch.full((1, 1, 20, 20), 8.0)
+    logits[..., :, 9:11] = 0.0  # a band of uncertain logits (|logit| = 0) in the middle columns
+    torch.manual_seed(0)
+    points = m2f.uncertain_points(logits, 200, oversample=3.0, importance=0.75)
+    assert points.shape == (1, 200, 2)
+    torch.manual_seed(0)  # the same draws: 600 uniform candidates, then 50 uniform extra points
+    candidates = torch.rand(1, 600, 2)
+    extra = torch.rand(1, 50, 2)
+    cand_values = m2f.point_sample(logits, candidates)[0, 0].abs()
+    kept_values = m2f.point_sample(logits, points[:, :150])[0, 0].abs()
+    # the 150 kept are the 150 candidates with the smallest |logit| (ties at 8 may pick any)
+    torch.testing.assert_close(kept_values.sort().values, cand_values.sort().values[:150])
+    assert (kept_values == 0).sum() == (cand_values == 0).sum() > 20
+    assert torch.equal(points[:, 150:], extra)
+
+
+def test_loss_from_labels_and_from_instances_trains_through_the_trainer():
+    from segviz.data import Scenes
+    from segviz.training import _loss
+
+    torch.manual_seed(0)
+    model = segviz.create_model("mask2former-swin-nano").train()
+    data = Scenes(2, size=64)
+    images = torch.stack([data[i][0] for i in range(2)])
+    labels = torch.stack([data[i][1] for i in range(2)])
+    targets = m2f.semantic_targets(labels)
+    assert all(torch.equal(c, l.unique()) for (c, _), l in zip(targets, labels))
+    for (c, m), l in zip(targets, labels):  # exactly one segment per pixel, of the pixel's class
+        assert (m.sum(0) == 1).all() and torch.equal(c[m.long().argmax(0)], l)
+    loss = _loss(model, images, labels)  # the trainer's call: model.loss(model(images), labels)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert model.decoder.query_feat.weight.grad.abs().sum() > 0
+    assert model.pixel_decoder.encoder[0].self_attn.sampling_offsets.weight.grad.abs().sum() > 0
+    instance = model.loss(model(images), [data.instances(i) for i in range(2)])
+    assert torch.isfinite(instance) and instance.requires_grad
+    # one optimiser step on the same batch lowers the loss
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    before = []
+    for _ in range(2):
+        torch.manual_seed(1)  # the same random points both times
+        value = model.loss(model(images), labels)
+        before.append(value.item())
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+    assert before[1] < before[0]
