@@ -683,7 +683,7 @@ class ERF:
         return int(rows.min()), int(cols.min()), int(rows.max()), int(cols.max())
 
     def __repr__(self) -> str:
-        ratios = ", ".join(f">= {t:g}: {100 * a:.1f}%" for t, a in self.area.items())
+        ratios = ", ".join(f">= {t:g}: {100 * a:.3g}%" for t, a in self.area.items())
         return f"ERF({self.layer or 'output'}, {self.map.shape[0]}x{self.map.shape[1]} input, area {ratios})"
 
 
@@ -734,7 +734,9 @@ def erf(model: nn.Module, images: Tensor, layer: str | None = None,
         images: (B, 3, H, W) or (3, H, W) float tensor, prepared as the model expects (e.g.
             ``segviz.data.sample_image(...).tensor``).
         layer: qualified module name whose output is a (B, C, h, w) map (or a ``(tokens, (h, w))``
-            pair), or None for the model's output (its logits).
+            pair), or None for the model's output: ``model.predict(x)`` where the model has one
+            (a segviz model's semantic logits at the input size), else the first map ``model(x)``
+            returns.
         thresholds: fractions of the maximum in (0, 1]; ``area[t]`` is the fraction of input
             pixels at or above t. Default (0.2, 0.5, 0.9).
         objective: "norm" or "sum" (above).
@@ -767,7 +769,9 @@ def erf(model: nn.Module, images: Tensor, layer: str | None = None,
     model.eval()
     try:
         with torch.enable_grad():
-            model(x)
+            output = model.predict(x) if layer == "" and callable(getattr(model, "predict", None)) else model(x)
+            if layer == "":
+                captured.append(output)
             if not captured:
                 raise ValueError(f"module {layer!r} is not called in the forward pass")
             fmap = _map_of(captured[-1], layer)
