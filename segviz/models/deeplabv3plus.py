@@ -265,7 +265,7 @@ class _DeepLab(SegmentationModel):
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         self.check_input(x)
-        features = self.backbone.forward_features(x)
+        features = self.backbone(x)  # (a module call, so that hooks on "backbone" see it)
         logits = self.head(features)
         if self.training and self.aux_classifier is not None:
             return logits, self.aux_classifier(features[2])

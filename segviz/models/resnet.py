@@ -56,6 +56,7 @@ as it is (the backbone drops ``fc``).
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -70,7 +71,7 @@ DILATION_FOR_OUTPUT_STRIDE = {32: (False, False, False), 16: (False, False, True
 def replace_stride_with_dilation(output_stride: int, owner: str = "ResNet",
                                  allowed: Sequence[int] = (8, 16, 32)) -> tuple[bool, bool, bool]:
     """torchvision's ``replace_stride_with_dilation`` for an output stride in ``allowed``."""
-    if isinstance(output_stride, bool) or output_stride not in allowed:
+    if isinstance(output_stride, bool) or not isinstance(output_stride, numbers.Integral) or output_stride not in allowed:
         raise ValueError(f"{owner}: output_stride must be one of {', '.join(map(str, sorted(allowed)))}, "
                          f"got {output_stride!r}")
     return DILATION_FOR_OUTPUT_STRIDE[int(output_stride)]
