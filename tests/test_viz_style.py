@@ -133,6 +133,31 @@ def _swin_figures():
 
 FIGURES.update(_swin_figures())
 
+
+def _deeplab_figures():
+    """The DeepLab chapter's figures (segviz.viz.deeplab), on small inputs."""
+    from segviz.viz import deeplab as dv
+
+    g = torch.Generator().manual_seed(0)
+    erf_map = torch.rand(H, W, generator=g).numpy()
+    windows = {"1x1": (20, 20, 44, 44), "rate 6": (-40, -40, 104, 104), "image pooling": None}
+    curves = {"stride 32": [("conv1", 7, 2), ("maxpool", 11, 4), ("layer1.0.conv2", 19, 4), ("layer4.0.conv2", 299, 32)],
+              "stride 16": [("conv1", 7, 2), ("maxpool", 11, 4), ("layer1.0.conv2", 19, 4), ("layer4.0.conv2", 299, 16)]}
+    return {
+        "deeplab_atrous_taps": lambda: dv.atrous_taps_figure(),
+        "deeplab_gridding": lambda: dv.gridding_figure(),
+        "deeplab_rf_growth": lambda: dv.rf_growth_figure(curves, input_size=513),
+        "deeplab_erf": lambda: dv.erf_figure(photo(), {f"layer{i}": erf_map for i in range(1, 6)},
+                                             {"layer1": (28, 28, 36, 36), "layer5": None}),
+        "deeplab_aspp_windows": lambda: dv.aspp_windows_figure(photo(), windows, (32, 32)),
+        "deeplab_spp": lambda: dv.spp_figure([torch.rand(13, 17, generator=g), torch.rand(8, 8, generator=g)]),
+        "deeplab_explorer_figure": lambda: dv.explorer_figure(photo(), torch.randn(6, 16, 16, generator=g), windows,
+                                                              (32, 32), 2, 16, list(SCENE_CLASSES)),
+    }
+
+
+FIGURES.update(_deeplab_figures())
+
 def _params():
     for name, make in FIGURES.items():
         yield pytest.param(name, make, id=name)

@@ -3,6 +3,10 @@
 Nothing here changes a model; widgets only call these functions again with new values.
 """
 from segviz.viz.data import plot_shapes  # noqa: F401
+from segviz.viz.deeplab import (
+    DeepLabExplorer, aspp_windows_figure, atrous_taps_figure, erf_figure, gridding_counts, gridding_figure,
+    rf_growth_figure, spp_bins, spp_figure,
+)
 from segviz.viz.explorers import AttentionExplorer
 from segviz.viz.overlays import (
     attention_grid, attention_overlay, class_colors, patch_figure, prediction_overlay, prediction_panels,
@@ -17,7 +21,8 @@ from segviz.viz.tables import attention_cost_rows, format_table, shape_rows, tab
 from segviz.viz.tokens import decoder_steps, deviation_from_centre, padding_leak, pca_rgb, stage_pca, token_pyramid
 
 __all__ = [
-    "AttentionExplorer", "SwinExplorer", "attention_cost_rows", "attention_grid", "attention_overlay",
+    "AttentionExplorer", "DeepLabExplorer", "SwinExplorer", "aspp_windows_figure", "atrous_taps_figure", "erf_figure",
+    "gridding_counts", "gridding_figure", "rf_growth_figure", "spp_bins", "spp_figure", "attention_cost_rows", "attention_grid", "attention_overlay",
     "attention_reach", "class_colors", "cyclic_shift_figure", "decoder_steps", "dense_attention",
     "deviation_from_centre", "format_table", "hierarchy_figure", "masked_attention_figure", "padding_leak",
     "patch_figure", "patch_merging_figure", "pca_rgb", "plot_shapes", "prediction_overlay", "prediction_panels",
