@@ -52,6 +52,12 @@ from layer1 (1/4):
     d = ReLU(BN(Conv3x3(ReLU(BN(Conv3x3(d))))))        two 3x3 convs of 256
     logits = Conv1x1(d)                                (B, K, H/4, W/4), upsampled x4 by ``predict``
 
+Cost: at 513 x 513 the ResNet-101 model is 92.8 GMACs at output stride 16 and 267.9 at 8
+(``segviz.flops``: convolutions only); the paper's Table 3 gives 101.28B and 297.92B Multiply-Adds for
+its ResNet-101 (TF-slim's, not torchvision's layout, and counted with TensorFlow's tools), 81.02B and
+276.18B without the decoder. The decoder itself costs 21.8 GMACs here, the paper's increments are
+20.3B (output stride 16) and 21.7B (8).
+
 The official code (Xception) uses depthwise-separable 3x3 convs in ASPP and the decoder; with a
 ResNet backbone the paper's ablations use ordinary convs, as here (and as the counts above).
 Upsampling is bilinear with ``align_corners=False`` as in torchvision (the TensorFlow code
@@ -355,8 +361,12 @@ PUBLISHED = {
                               source="Chen et al. 2018 (DeepLabv3+) architecture on torchvision's ResNet-50, counted"),
     "deeplabv3plus-r101": dict(params=59_344_309, backbone_params=44_549_160, num_classes=21, input_size=(513, 513),
                                counted="backbone + ASPP + decoder + classifier (paper-style, ordinary convs)",
-                               source="Chen et al. 2018 (DeepLabv3+) architecture on torchvision's ResNet-101, "
-                                      "counted"),
+                               gmacs_os16=101.28, gmacs_os8=297.92, gmacs_no_decoder_os16=81.02,
+                               gmacs_no_decoder_os8=276.18, miou_os16=78.85, miou_os8=79.35,
+                               source="params: Chen et al. 2018 (DeepLabv3+) architecture on torchvision's ResNet-101, "
+                                      "counted; Multiply-Adds (B) and VOC 2012 val mIoU at 513x513: the paper's "
+                                      "Table 3 (ResNet-101, train output stride 16), for TF-slim's ResNet-101, "
+                                      "whose stem and block layout differ from torchvision's"),
 }
 
 # ----------------------------------------------------------------------------------------
