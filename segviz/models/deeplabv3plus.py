@@ -41,7 +41,7 @@ weight; image pooling is the fix the DeepLabv3 paper adds for that.
   16 by default. This is the "paper-style" model whose size is 40,352,181 parameters on
   ResNet-50 and 59,344,309 on ResNet-101 with 21 classes. Compared with torchvision's DeepLabv3
   (39,638,869 / 58,630,997) it lacks the 3x3 conv after ASPP (-590,336) and adds the decoder
-  (+1,303,648: the 48-channel skip projection 12,384, the two 3x3 convs 701,440 + 590,336; the
+  (+1,303,648: the 48-channel skip projection 12,384, the two 3x3 convs 700,928 + 590,336; the
   classifiers are the same size), +713,312 in all.
 
 **The decoder** (DeepLabv3+): ASPP's output is 1/16 of the image; the decoder brings back detail
