@@ -27,8 +27,8 @@ Two faithful variants share every block and differ only in how a stage treats it
   SwinTransformer/Swin-Transformer-Semantic-Segmentation ``mmseg/models/backbones/swin_transformer.py``):
   any input size; the image is padded right/bottom to a multiple of the patch size, every
   map right/bottom to a multiple of the window (never clamped, so a small map is one padded
-  window and SW-MSA still shifts), the shifted-window mask is built for the padded size on
-  every forward, PatchMerging pads odd sizes, and a LayerNorm closes each output stage.
+  window and SW-MSA still shifts), the shifted-window mask is built for the padded size,
+  PatchMerging pads odd sizes, and a LayerNorm closes each output stage.
 
 Initialisation as the official code: trunc-normal(0.02) Linear weights and relative-position
 bias tables, zero biases, LayerNorm 1 / 0; the patch-embedding conv keeps PyTorch's default.
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -108,6 +109,48 @@ def window_reverse(windows: Tensor, window: int, h: int, w: int) -> Tensor:
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, h, w, c)
 
 
+class WindowLayout(NamedTuple):
+    """Where each token of an (h, w) map sits in the (shifted) windows of a block, as two gathers.
+
+    A block's attention branch pads the map right/bottom to (hp, wp), rolls it by -s, cuts it into
+    windows (:func:`window_partition`), and afterwards undoes all three. Each direction only moves
+    tokens, so it is one row gather of the flattened map (one copy instead of up to three):
+
+        windows[i] = padded[take[i]]        i over the hp·wp window slots, in window_partition order
+        map[p]     = windows[put[p]]        p over the h·w tokens of the unpadded map
+
+    ``mask`` is SW-MSA's :func:`shifted_window_mask` (nW, m², m²) when s > 0, else None.
+    """
+
+    window: int
+    shift: int
+    take: Tensor  # (hp·wp,) long
+    put: Tensor  # (h·w,) long
+    mask: Tensor | None
+
+
+def window_layout(h: int, w: int, window: int, shift: int, device=None, dtype=torch.float32) -> WindowLayout:
+    """The :class:`WindowLayout` of an unpadded (h, w) map for window m and shift s: ``take`` is the
+    partition of the rolled map of flat positions, ``put`` its inverse permutation, cropped."""
+    hp, wp = -(-h // window) * window, -(-w // window) * window
+    position = torch.arange(hp * wp, device=device).view(1, hp, wp, 1)
+    if shift:
+        position = torch.roll(position, shifts=(-shift, -shift), dims=(1, 2))
+    take = window_partition(position, window).flatten()
+    put = torch.argsort(take).view(hp, wp)[:h, :w].flatten()
+    mask = shifted_window_mask(hp, wp, window, shift, device=device, dtype=dtype) if shift else None
+    return WindowLayout(window, shift, take, put, mask)
+
+
+def take_rows(x: Tensor, index: Tensor) -> Tensor:
+    """x[:, index] for x (B, N, C) and index (K,) -> (B, K, C), as one ``index_select`` over the
+    rows of the flattened batch (on CPU the fastest of the gathers for rows of C values)."""
+    b, n, c = x.shape
+    if b > 1:
+        index = (index + n * torch.arange(b, device=index.device)[:, None]).flatten()
+    return x.reshape(b * n, c).index_select(0, index).view(b, -1, c)
+
+
 # ----------------------------------------------------------------------------------------
 # 3. Relative position bias
 # ----------------------------------------------------------------------------------------
@@ -145,6 +188,13 @@ class WindowAttention(nn.Module):
     Shapes: windows (B·nW, M², C) -> (B·nW, M², C). The attention runs through the one kernel
     :func:`segviz.nn.attention`, which records a :class:`~segviz.nn.recording.WindowAttentionRecord`
     (window, shift and the unpadded map size) when ``segviz.capture`` asks for it.
+
+    When autograd is off (``torch.no_grad`` / ``inference_mode``), the term added to the logits,
+    B [+ mask], is computed once and reused (:meth:`attention_bias`): gathering B from the table
+    and adding the mask is the same on every forward until the table changes. The cache is one
+    plain attribute (not in the state dict); it is keyed on the table's version counter, storage
+    and dtype, so an optimizer step, ``load_state_dict``, ``.to()`` or any in-place write
+    invalidates it, and on the mask object. With autograd on it is not used at all.
     """
 
     def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True):
@@ -155,6 +205,7 @@ class WindowAttention(nn.Module):
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
+        self._bias_cache: tuple | None = None  # (key, mask, bias) of the last autograd-free forward
 
     def relative_position_bias(self, window: int | None = None) -> Tensor:
         """B for every head: (heads, m², m²) for a window of side m <= M (default M)."""
@@ -166,18 +217,32 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[index.reshape(-1)]
         return bias.reshape(m * m, m * m, self.num_heads).permute(2, 0, 1)
 
+    def attention_bias(self, window: int, mask: Tensor | None) -> Tensor:
+        """B [+ mask] as the kernel takes it, contiguous: (1, heads, m², m²) without a mask,
+        (nW, heads, m², m²) with one. Cached while autograd is off (see the class docstring);
+        the mask must not be modified in place (the stage builds it and never does)."""
+        table = self.relative_position_bias_table
+        if torch.is_grad_enabled() or table.is_inference():  # inference tensors have no version counter
+            return self._attention_bias(window, mask)
+        key = (window, table._version, table.data_ptr(), table.dtype, table.device)
+        cached = self._bias_cache
+        if cached is None or cached[0] != key or cached[1] is not mask:
+            cached = self._bias_cache = (key, mask, self._attention_bias(window, mask))
+        return cached[2]
+
+    def _attention_bias(self, window: int, mask: Tensor | None) -> Tensor:
+        bias = self.relative_position_bias(window).unsqueeze(0).contiguous()  # (1, heads, m², m²)
+        return bias if mask is None else bias + mask.unsqueeze(1)  # (nW, heads, m², m²), contiguous
+
     def forward(self, x: Tensor, mask: Tensor | None, window: int, shift: int, feature_hw: tuple[int, int]) -> Tensor:
         """x: (B·nW, m², C) windows; mask: (nW, m², m²) or None; window m, shift s and the
         unpadded (h, w) are what the record needs to place the windows on the map."""
         bw, n, c = x.shape
         heads = self.num_heads
         q, k, v = self.qkv(x).reshape(bw, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-        bias = self.relative_position_bias(window).unsqueeze(0)  # (1, heads, m², m²)
-        if mask is not None:
-            windows = mask.shape[0]
-            bias = bias + mask.unsqueeze(1)  # (nW, heads, m², m²)
-            if bw != windows:  # one copy per image: window index b·nW + i reads mask i
-                bias = bias.repeat(bw // windows, 1, 1, 1)
+        bias = self.attention_bias(window, mask)
+        if bias.shape[0] not in (1, bw):  # one copy per image: window index b·nW + i reads mask i
+            bias = bias.repeat(bw // bias.shape[0], 1, 1, 1)
         out = attention(q, k, v, bias=bias, module=self, kind="window_attention",
                         window=window, feature_hw=tuple(feature_hw), shift=shift)
         return self.proj(out.transpose(1, 2).reshape(bw, n, c))
@@ -239,10 +304,11 @@ class SwinBlock(nn.Module):
 
     (each residual branch through DropPath). The attention branch: LN, zero-pad right/bottom to
     multiples of the window m, roll by -s (SW-MSA only), cut into windows, attend, merge the
-    windows, roll back by +s, crop the padding.
+    windows, roll back by +s, crop the padding. Roll and cut are one gather, and so are merge,
+    roll back and crop (:class:`WindowLayout`).
 
-    ``shifted`` says whether this is an SW-MSA block; the stage gives the window m and the
-    shift s actually used (the classifier's small stages use m = min(h, w) and s = 0).
+    ``shifted`` says whether this is an SW-MSA block; the stage gives the layout with the window
+    m and the shift s actually used (the classifier's small stages use m = min(h, w) and s = 0).
     Shapes: (B, h, w, C) -> (B, h, w, C).
     """
 
@@ -256,21 +322,17 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: Tensor, window: int, shift: int = 0, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, layout: WindowLayout) -> Tensor:
+        """x: (B, h, w, C); ``layout``: :func:`window_layout` of (h, w) for this block's window and shift."""
         b, h, w, c = x.shape
+        window = layout.window
         y = self.norm1(x)
         pad_h, pad_w = -h % window, -w % window
         if pad_h or pad_w:
             y = F.pad(y, (0, 0, 0, pad_w, 0, pad_h))
-        hp, wp = h + pad_h, w + pad_w
-        if shift:
-            y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
-        y = self.attn(window_partition(y, window), mask if shift else None, window, shift, (h, w))
-        y = window_reverse(y, window, hp, wp)
-        if shift:
-            y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
-        if pad_h or pad_w:
-            y = y[:, :h, :w]
+        windows = take_rows(y.reshape(b, -1, c), layout.take).view(-1, window * window, c)  # roll + partition
+        y = self.attn(windows, layout.mask, window, layout.shift, (h, w))
+        y = take_rows(y.view(b, -1, c), layout.put).view(b, h, w, c)  # reverse + roll back + crop
         x = x + self.drop_path(y)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -320,8 +382,9 @@ class SwinStage(nn.Module):
     """One stage of the paper's Figure 3: PatchEmbed (stage 1) or PatchMerging (stages 2-4),
     then ``depth`` Swin blocks, W-MSA and SW-MSA alternating.
 
-    The stage chooses the window m and shift s for the map it gets, and builds the SW-MSA mask
-    once for all its shifted blocks:
+    The stage chooses the window m and shift s for the map it gets, and builds the window layouts
+    (gather indices and the SW-MSA mask, :func:`window_layout`) once for all its blocks; with
+    autograd off it keeps those of the last map size for the next forward:
 
     * ``shrink_windows=False`` (dense backbone): m = M and s = ⌊M/2⌋ whatever the map size;
     * ``shrink_windows=True`` (classifier): if min(h, w) <= M, m = min(h, w) and s = 0.
@@ -336,6 +399,7 @@ class SwinStage(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.window_size = window_size
         self.shrink_windows = shrink_windows
+        self._layouts: dict[tuple, WindowLayout] = {}  # of the last map size, used while autograd is off
 
     def window_and_shift(self, h: int, w: int) -> tuple[int, int]:
         """(m, s) that the SW-MSA blocks of this stage use on an (h, w) map."""
@@ -343,16 +407,27 @@ class SwinStage(nn.Module):
             return min(h, w), 0
         return self.window_size, self.window_size // 2
 
+    def layout(self, h: int, w: int, window: int, shift: int, device, dtype) -> WindowLayout:
+        """:func:`window_layout`, reused across forwards while autograd is off (indices and the mask
+        depend only on these arguments; at most the plain and the shifted layout of one size are kept)."""
+        key = (h, w, window, shift, device, dtype)
+        if torch.is_grad_enabled():
+            return window_layout(*key)
+        if key not in self._layouts:
+            if len(self._layouts) >= 2:
+                self._layouts.clear()
+            self._layouts[key] = window_layout(*key)
+        return self._layouts[key]
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.downsample(x)
         h, w = x.shape[1:3]
         window, shift = self.window_and_shift(h, w)
-        mask = None
+        plain = shifted = self.layout(h, w, window, 0, x.device, x.dtype)
         if shift and any(block.shifted for block in self.blocks):
-            mask = shifted_window_mask(-(-h // window) * window, -(-w // window) * window, window, shift,
-                                       device=x.device, dtype=x.dtype)
+            shifted = self.layout(h, w, window, shift, x.device, x.dtype)
         for block in self.blocks:
-            x = block(x, window, shift if block.shifted else 0, mask)
+            x = block(x, shifted if block.shifted else plain)
         return x.permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
