@@ -147,6 +147,11 @@ def test_records_masked_cross_attention_self_attention_and_sampling(pair):
         assert torch.equal(record.mask[:, 0], blocked)
         assert (record.probs.masked_select(record.mask.expand_as(record.probs)) == 0).all()
         assert rec.attention[f"decoder.layers.{i}.self_attn"].probs.shape == (1, 4, 5, 5)
+    # every prediction (the learnable queries' and each layer's) is recorded as the heads' output
+    heads = rec.records("decoder.heads", "feature")
+    assert len(heads) == layers + 1
+    for record, (classes, masks) in zip(heads, predictions):
+        assert torch.equal(record.features[0], classes) and torch.equal(record.features[1], masks)
     samplings = rec.records(kind="sampling")
     assert len(samplings) == len(ours.pixel_decoder.encoder)
     assert samplings[0].level_shapes == [(8, 7), (16, 14), (32, 28)]

@@ -273,6 +273,34 @@ class MLP(nn.Module):
         return x
 
 
+class PredictionHeads(nn.Module):
+    """The heads shared by every decoder layer, on LN(X):
+
+        class logits = Linear(C, K + 1)(LN(X))                     (B, N, K + 1)
+        mask logits  = MLP_3(LN(X)) · E                            (B, N, H/4, W/4)
+        attention mask for the next layer = σ(resize(mask logits, next level)) < 0.5
+
+    Called once before the first layer and once after each; ``segviz.capture`` records every
+    call's output (a :class:`~segviz.nn.recording.FeatureRecord` holding the three tensors), so
+    the intermediate mask predictions can be watched sharpening layer by layer.
+    Returns (class logits, mask logits, attention mask (B, N, h·w), True = blocked).
+    """
+
+    def __init__(self, dim: int, mask_dim: int, num_classes: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.class_embed = nn.Linear(dim, num_classes + 1)
+        self.mask_embed = MLP(dim, dim, mask_dim, 3)
+
+    def forward(self, x: Tensor, mask_features: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+        x = self.norm(x)
+        classes = self.class_embed(x)
+        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(x), mask_features)
+        resized = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
+        blocked = (resized.sigmoid().flatten(2) < 0.5).detach()
+        return classes, masks, blocked
+
+
 # ----------------------------------------------------------------------------------------
 # 3. The transformer decoder with its prediction heads
 # ----------------------------------------------------------------------------------------
@@ -281,11 +309,8 @@ class MaskedTransformerDecoder(nn.Module):
     embeddings P), refined by ``layers`` :class:`MaskedDecoderLayer` s; layer i attends to level
     i mod 3 of [m_5, m_4, m_3] (1/32, 1/16, 1/8), with the mask predicted before it.
 
-    Prediction heads, shared by all layers, on LN(X):
-
-        class logits = Linear(C, K + 1)(LN(X))                     (B, N, K + 1)
-        mask logits  = MLP_3(LN(X)) · E                            (B, N, H/4, W/4)
-        attention mask for the next layer = σ(resize(mask logits, next level)) < 0.5
+    The :class:`PredictionHeads` (shared by all layers) predict classes, masks and the next
+    layer's attention mask.
 
     Returns the ``layers + 1`` predictions [(class logits, mask logits)], the first from X_0.
     """
@@ -300,24 +325,12 @@ class MaskedTransformerDecoder(nn.Module):
         self.input_proj = nn.ModuleList(nn.Conv2d(in_dim, dim, 1) if in_dim != dim else nn.Identity()
                                         for _ in range(LEVELS))
         self.layers = nn.ModuleList(MaskedDecoderLayer(dim, heads, ffn_dim) for _ in range(layers))
-        self.norm = nn.LayerNorm(dim)
-        self.class_embed = nn.Linear(dim, num_classes + 1)
-        self.mask_embed = MLP(dim, dim, mask_dim, 3)
+        self.heads = PredictionHeads(dim, mask_dim, num_classes)
         for layer in self.layers:
             layer.reset_parameters()
         for proj in self.input_proj:
             if isinstance(proj, nn.Conv2d):
                 c2_xavier_fill(proj)
-
-    def predict_heads(self, x: Tensor, mask_features: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
-        """(class logits (B, N, K+1), mask logits (B, N, H/4, W/4), attention mask (B, N, h·w) for
-        a level of ``size``: True where σ < 0.5, i.e. blocked)."""
-        x = self.norm(x)
-        classes = self.class_embed(x)
-        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(x), mask_features)
-        resized = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
-        blocked = (resized.sigmoid().flatten(2) < 0.5).detach()
-        return classes, masks, blocked
 
     def forward(self, maps: Sequence[Tensor], mask_features: Tensor) -> list[tuple[Tensor, Tensor]]:
         b = mask_features.shape[0]
@@ -329,14 +342,14 @@ class MaskedTransformerDecoder(nn.Module):
             pixel_pos.append(pos.flatten(2).transpose(1, 2))
         x = self.query_feat.weight[None].repeat(b, 1, 1)
         query_pos = self.query_embed.weight[None].repeat(b, 1, 1)
-        classes, masks, blocked = self.predict_heads(x, mask_features, sizes[0])
+        classes, masks, blocked = self.heads(x, mask_features, sizes[0])
         predictions = [(classes, masks)]
         for i, layer in enumerate(self.layers):
             level = i % LEVELS
             # a query whose mask is empty on this level may look everywhere
             blocked = blocked & ~blocked.all(dim=-1, keepdim=True)
             x = layer(x, query_pos, pixels[level], pixel_pos[level], blocked, sizes[level])
-            classes, masks, blocked = self.predict_heads(x, mask_features, sizes[(i + 1) % LEVELS])
+            classes, masks, blocked = self.heads(x, mask_features, sizes[(i + 1) % LEVELS])
             predictions.append((classes, masks))
         return predictions
 
@@ -511,6 +524,8 @@ class Mask2Former(SegmentationModel):
       class present) or, per image, (classes (T,), masks (T, H, W)) (``Scenes.instances``).
     """
 
+    feature_modules = ("backbone.norms.*", "pixel_decoder", "decoder.heads")
+
     def __init__(self, backbone: nn.Module, num_classes: int = 150, hidden_dim: int = 256, mask_dim: int = 256,
                  num_queries: int = 100, heads: int = 8, enc_layers: int = 6, enc_ffn_dim: int = 1024,
                  enc_points: int = 4, dec_layers: int = 9, dec_ffn_dim: int = 2048, groups: int = 32,
@@ -665,10 +680,11 @@ _HF = [
     (r"^model\.transformer_module\.queries_embedder\.", "decoder.query_embed."),
     (r"^model\.transformer_module\.level_embed\.", "decoder.level_embed."),
     (r"^model\.transformer_module\.input_projections\.", "decoder.input_proj."),
-    (r"^model\.transformer_module\.decoder\.layernorm\.", "decoder.norm."),
-    (r"^model\.transformer_module\.decoder\.mask_predictor\.mask_embedder\.(\d+)\.0\.", r"decoder.mask_embed.layers.\1."),
+    (r"^model\.transformer_module\.decoder\.layernorm\.", "decoder.heads.norm."),
+    (r"^model\.transformer_module\.decoder\.mask_predictor\.mask_embedder\.(\d+)\.0\.",
+     r"decoder.heads.mask_embed.layers.\1."),
     (r"^model\.transformer_module\.decoder\.layers\.", "decoder.layers."),
-    (r"^class_predictor\.", "decoder.class_embed."),
+    (r"^class_predictor\.", "decoder.heads.class_embed."),
     (r"\.cross_attn_layer_norm\.", ".norm1."),
     (r"\.self_attn_layer_norm\.", ".norm2."),
     (r"(decoder\.layers\.\d+)\.final_layer_norm\.", r"\1.norm3."),
