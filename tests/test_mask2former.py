@@ -328,3 +328,19 @@ def test_swin_t_gmacs_at_512_reproduce_the_published_counts():
     step = published["gmacs_inference_step"]
     assert abs(counts["predict"] - counts["forward"] - step) < 0.01
     assert abs(counts["predict"] - published["gmacs"]) < 1.0
+
+
+@torch.no_grad()
+def test_both_hf_layouts_load_to_the_same_weights(pair, tmp_path):
+    """save_pretrained writes the hub's (4.x) names; a transformers 5.x state_dict() has other
+    backbone names (q_proj, ...): both load into the same model."""
+    from safetensors.torch import save_file
+
+    hf, ours, _, _ = pair
+    path = tmp_path / "hf5.safetensors"
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, str(path))
+    loaded = segviz.create_model("mask2former-swin-nano", weights=str(path),
+                                 **{k: v for k, v in SMALL.items() if k != "num_classes"})
+    expected = ours.state_dict()
+    assert loaded.state_dict().keys() == expected.keys()
+    assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
