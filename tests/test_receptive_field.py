@@ -231,6 +231,9 @@ def test_table_lists_the_layers_in_order():
     assert [r.name for r in rf.rows()] == ["0", "1", "2"]
     assert [r.size for r in rf.rows(types=[nn.Conv2d])] == [(3, 3), (5, 5)]   # 3 + 2 * 1
     assert [r.name for r in rf.rows(leaves=True)] == ["0", "1", "2"]
+    assert rf.at("0").size == (3, 3) and rf.at("2").stride == (2, 2)
+    with pytest.raises(ValueError, match="no module"):
+        rf.at("3")
     table = rf.table()
     assert "Conv2d" in table and " 5 " in table
     assert [r.name for r in receptive_field(net, "1", input_size=16).rows()] == ["0", "1"]   # up to the layer

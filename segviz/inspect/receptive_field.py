@@ -200,6 +200,17 @@ class ReceptiveField:
         (top, bottom), (left, right) = out
         return top, left, bottom, right
 
+    def at(self, name: str) -> LayerRF:
+        """The row of module ``name`` (its last call up to ``layer``): read every layer's field
+        from one :func:`receptive_field` call on the last one."""
+        found = [r for r in self.layers if r.name == name]
+        if not found:
+            names = list(dict.fromkeys(r.name for r in self.layers))
+            close = difflib.get_close_matches(name, names, n=3)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(f"no module {name!r} runs before {self.layer or 'the output'!r}.{hint}")
+        return found[-1]
+
     def rows(self, types: Iterable[type] | None = None, leaves: bool = False) -> list[LayerRF]:
         """The layer calls, optionally only of some module ``types`` or only leaf modules."""
         rows = list(self.layers)

@@ -151,7 +151,7 @@ def rf_growth_figure(curves: Mapping[str, Sequence[tuple[str, object, object]]],
                        label=label, lw=1.8, drawstyle="steps-post")
     if input_size:
         ax_rf.axhline(input_size, color="0.5", ls=":", lw=1)
-        ax_rf.text(len(names) - 1, input_size, f"input {input_size} px", va="bottom", ha="right", fontsize=style.SMALL,
+        ax_rf.text(len(names) - 1, input_size, f"input {input_size} px ", va="top", ha="right", fontsize=style.SMALL,
                    color="0.4")
     if ticks is None:  # the first layer of each stage ("layer1", ...; the stem counts as one)
         parts = [n.split(".") for n in names]
@@ -205,7 +205,7 @@ def erf_figure(image, maps: Mapping[str, np.ndarray], windows: Mapping[str, tupl
         if p.shape != img.shape[:2]:
             raise ValueError(f"ERF map {k!r} is {p.shape}, the image {img.shape[:2]}: measure it on this image")
     n = len(planes)
-    cols = min(n, 4)
+    cols = n if n <= 5 else 4
     rows = -(-n // cols)
     fig = style.figure(2.45 * cols, 2.75 * rows + 0.5)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
