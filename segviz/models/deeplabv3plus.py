@@ -415,20 +415,16 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
 
 _NANO = dict(num_classes=6, layers=(1, 1, 1, 1), widths=(16, 32, 64, 128), stem_width=16, aspp_channels=64)
 
-register("deeplabv3-r50", DeepLabV3, dict(num_classes=21, layers=R50, output_stride=8, dropout=0.5),
-         checkpoint_filter_fn, description="torchvision's deeplabv3_resnet50 (output stride 8, ASPP rates 12/24/36), 21 VOC classes",
-         published=PUBLISHED["deeplabv3-r50"])
-register("deeplabv3-r101", DeepLabV3, dict(num_classes=21, layers=R101, output_stride=8, dropout=0.5),
-         checkpoint_filter_fn, description="torchvision's deeplabv3_resnet101 (output stride 8, ASPP rates 12/24/36), 21 VOC classes",
-         published=PUBLISHED["deeplabv3-r101"])
-register("deeplabv3-nano", DeepLabV3, dict(_NANO, output_stride=16, dropout=0.1),
-         checkpoint_filter_fn, description="a tiny DeepLabv3 (torchvision's head) for CPU notebooks, 6 Scenes classes")
-register("deeplabv3plus-r50", DeepLabV3Plus, dict(num_classes=21, layers=R50, output_stride=16),
-         checkpoint_filter_fn, description="DeepLabv3+ on ResNet-50 (Chen et al. 2018), output stride 16, 21 VOC classes",
-         published=PUBLISHED["deeplabv3plus-r50"])
-register("deeplabv3plus-r101", DeepLabV3Plus, dict(num_classes=21, layers=R101, output_stride=16),
-         checkpoint_filter_fn, description="DeepLabv3+ on ResNet-101 (Chen et al. 2018), output stride 16, 21 VOC classes",
-         published=PUBLISHED["deeplabv3plus-r101"])
+for _depth, _layers in ((50, R50), (101, R101)):
+    register(f"deeplabv3-r{_depth}", DeepLabV3, dict(num_classes=21, layers=_layers, output_stride=8, dropout=0.5),
+             checkpoint_filter_fn, published=PUBLISHED[f"deeplabv3-r{_depth}"],
+             description=f"torchvision's deeplabv3_resnet{_depth} (output stride 8, ASPP rates 12/24/36), "
+                         "21 VOC classes")
+    register(f"deeplabv3plus-r{_depth}", DeepLabV3Plus, dict(num_classes=21, layers=_layers, output_stride=16),
+             checkpoint_filter_fn, published=PUBLISHED[f"deeplabv3plus-r{_depth}"],
+             description=f"DeepLabv3+ on ResNet-{_depth} (Chen et al. 2018), output stride 16, 21 VOC classes")
+register("deeplabv3-nano", DeepLabV3, dict(_NANO, output_stride=16, dropout=0.1), checkpoint_filter_fn,
+         description="a tiny DeepLabv3 (torchvision's head) for CPU notebooks, 6 Scenes classes")
 register("deeplabv3plus-nano", DeepLabV3Plus, dict(_NANO, output_stride=16, skip_channels=16, decoder_channels=64),
-         checkpoint_filter_fn, description="a tiny DeepLabv3+ for CPU notebooks (ResNet widths 16-128, one block per stage), "
-                           "6 Scenes classes, 256 px")
+         checkpoint_filter_fn, description="a tiny DeepLabv3+ for CPU notebooks (ResNet widths 16-128, one block "
+                                           "per stage), 6 Scenes classes, 256 px")

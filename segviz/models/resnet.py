@@ -6,7 +6,7 @@ dense prediction (Chen et al., DeepLab v2/v3).
       -> layer1: n_1 Bottlenecks, width  64, out  256, stride 1           (B, 256,  H/4,  W/4)   low-level features
       -> layer2: n_2 Bottlenecks, width 128, out  512, stride 2           (B, 512,  H/8,  W/8)
       -> layer3: n_3 Bottlenecks, width 256, out 1024, stride 2 or dil.   (B, 1024, H/16, W/16)  (H/8 at OS 8)
-      -> layer4: n_4 Bottlenecks, width 512, out 2048, stride 2 or dil.   (B, 2048, H/32, W/32)  (H/16 at OS 16, H/8 at OS 8)
+      -> layer4: n_4 Bottlenecks, width 512, out 2048, stride 2 or dil.   (B, 2048, H/32, W/32)  (or H/16, H/8)
       [-> global average pool -> Linear 2048 -> 1000: the ImageNet classifier]
 
 ResNet-50 has (n_1, n_2, n_3, n_4) = (3, 4, 6, 3), ResNet-101 (3, 4, 23, 3). Sizes are
@@ -71,7 +71,8 @@ DILATION_FOR_OUTPUT_STRIDE = {32: (False, False, False), 16: (False, False, True
 def replace_stride_with_dilation(output_stride: int, owner: str = "ResNet",
                                  allowed: Sequence[int] = (8, 16, 32)) -> tuple[bool, bool, bool]:
     """torchvision's ``replace_stride_with_dilation`` for an output stride in ``allowed``."""
-    if isinstance(output_stride, bool) or not isinstance(output_stride, numbers.Integral) or output_stride not in allowed:
+    if not isinstance(output_stride, numbers.Integral) or isinstance(output_stride, bool) \
+            or output_stride not in allowed:
         raise ValueError(f"{owner}: output_stride must be one of {', '.join(map(str, sorted(allowed)))}, "
                          f"got {output_stride!r}")
     return DILATION_FOR_OUTPUT_STRIDE[int(output_stride)]
@@ -132,9 +133,9 @@ class ResNet(nn.Module):
         widths = check_int_list(owner, "widths", widths, 4)
         stem_width = check_int(owner, "stem_width", stem_width)
         self.in_chans = check_int(owner, "in_chans", in_chans)
-        if (isinstance(replace_stride_with_dilation, (str, bytes)) or not isinstance(replace_stride_with_dilation, Sequence)
-                or len(replace_stride_with_dilation) != 3
-                or not all(isinstance(v, bool) for v in replace_stride_with_dilation)):
+        dilate = replace_stride_with_dilation
+        if (isinstance(dilate, (str, bytes)) or not isinstance(dilate, Sequence) or len(dilate) != 3
+                or not all(isinstance(v, bool) for v in dilate)):
             raise ValueError(f"{owner}: replace_stride_with_dilation needs three bools (layer2, layer3, layer4), "
                              f"got {replace_stride_with_dilation!r}")
         check_bool(owner, "zero_init_residual", zero_init_residual)
