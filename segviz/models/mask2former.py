@@ -318,7 +318,7 @@ class MaskedTransformerDecoder(nn.Module):
     def __init__(self, num_classes: int, in_dim: int = 256, dim: int = 256, mask_dim: int = 256, heads: int = 8,
                  ffn_dim: int = 2048, layers: int = 9, queries: int = 100):
         super().__init__()
-        self.dim, self.heads = dim, heads
+        self.dim, self.num_heads = dim, heads
         self.query_feat = nn.Embedding(queries, dim)
         self.query_embed = nn.Embedding(queries, dim)
         self.level_embed = nn.Embedding(LEVELS, dim)
