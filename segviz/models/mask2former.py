@@ -83,6 +83,9 @@ class DeformableEncoderLayer(nn.Module):
 
     Every pixel of every level is a query; it samples ``points`` points per head on each of the
     three levels around its own position. Shapes: (B, S, C) -> (B, S, C), S = Σ h_l·w_l.
+    Its :class:`~segviz.nn.recording.SamplingRecord` has all S queries, the 1/32 level's pixels
+    first (``q_hw`` is that level's grid, so a query given as (y, x) is one of its pixels), then
+    the 1/16 and 1/8 levels' pixels by index.
     """
 
     def __init__(self, dim: int, heads: int, ffn_dim: int, points: int, levels: int = LEVELS):
