@@ -208,6 +208,10 @@ def test_unknown_layer_names_close_matches():
         receptive_field(net, "layr3")
     with pytest.raises(ValueError, match="module name"):
         receptive_field(net, 3)
+    assert receptive_field(net, "lay*3", input_size=8).layer == "layer3"     # a pattern naming one module
+    net.add_module("layer4", conv(3))
+    with pytest.raises(ValueError, match="matches 2 modules"):
+        receptive_field(net, "layer?")
     with pytest.raises(ValueError, match="input_size"):
         receptive_field(net, "layer3", input_size=(16, 0))
     with pytest.raises(ValueError, match="nn.Module"):

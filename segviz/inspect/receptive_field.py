@@ -80,6 +80,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from segviz.inspect._args import as_int, as_int_tuple, kind
+from segviz.inspect.capture import name_matches
 from segviz.inspect.costs import _device_of, _on_device
 
 __all__ = ["ERF", "LayerRF", "ReceptiveField", "erf", "receptive_field"]
@@ -539,6 +540,13 @@ def _module_named(model: nn.Module, layer: str | None, what: str = "layer") -> s
     if not isinstance(layer, str):
         raise ValueError(f"{what} must be a qualified module name (a str such as 'backbone.layer3'), got {kind(layer)}")
     names = [n for n, _ in model.named_modules() if n]
+    if layer not in names and any(c in layer for c in "*?"):   # a capture-style pattern naming one module
+        matches = [n for n in names if name_matches(n, layer)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            shown = ", ".join(matches[:6]) + (", ..." if len(matches) > 6 else "")
+            raise ValueError(f"{what} pattern {layer!r} matches {len(matches)} modules ({shown}); name one")
     if layer not in names:
         close = difflib.get_close_matches(layer, names, n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -577,8 +585,9 @@ def receptive_field(model: nn.Module, layer: str | None = None, input_size=224, 
 
     Args:
         model: any ``nn.Module`` taking a (B, C, H, W) image.
-        layer: qualified module name (``"backbone.layer3"``), or None for the model's output.
-            A module called several times reports its last call.
+        layer: qualified module name (``"backbone.layer3"``; a :func:`segviz.capture` name
+            pattern such as ``"**.layer3"`` when it names exactly one module), or None for the
+            model's output. A module called several times reports its last call.
         input_size: (H, W) (or one int) of the forward pass used to follow the data flow. The
             answer does not depend on it, except for adaptive pooling (whether its bins divide
             the map) and a map that gets smaller than 1 px (too small an input errors).
@@ -744,7 +753,8 @@ def erf(model: nn.Module, images: Tensor, layer: str | None = None,
         model: any segviz model (or ``nn.Module``); it is run in eval mode (restored after).
         images: (B, 3, H, W) or (3, H, W) float tensor, prepared as the model expects (e.g.
             ``segviz.data.sample_image(...).tensor``).
-        layer: qualified module name whose output is a (B, C, h, w) map (or a ``(tokens, (h, w))``
+        layer: qualified module name (or a name pattern naming one module, as for
+            :func:`receptive_field`) whose output is a (B, C, h, w) map (or a ``(tokens, (h, w))``
             pair), or None for the model's output: ``model.predict(x)`` where the model has one
             (a segviz model's semantic logits at the input size), else the first map ``model(x)``
             returns.
