@@ -75,6 +75,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (default runs/NAME-seedSEED)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--force", action="store_true", help="start over, replacing the run in --out")
+    p.add_argument("--init", default=None, metavar="WEIGHTS",
+                   help="start from these weights (a finished run's NAME.safetensors, e.g. trained at a smaller "
+                        "--size) instead of a random init; the card records the file and its run")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available, else cpu)")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None,
                    help="mixed precision (default bf16 on GPUs that support it, else none; fp16 needs CUDA)")
@@ -127,7 +130,7 @@ def _train(args, parser, argv) -> int:
         seed=args.seed, device=args.device, amp=args.amp, val_every=args.val_every, val_size=args.val_size,
         num_classes=args.num_classes, overrides=overrides, checkpoint_every=args.checkpoint_every,
         workers=args.workers, resume=args.resume, force=args.force, progress=not args.no_progress,
-        command=command, world=world)
+        command=command, world=world, init=args.init)
     if world.rank != 0:
         return 0
     if result.weights is None:

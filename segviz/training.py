@@ -895,6 +895,27 @@ def _write_final(out: Path, name: str, model: nn.Module, card: dict) -> tuple[Pa
     return weights, card_path
 
 
+def _init_record(init) -> dict:
+    """What ``train_run(init=PATH)`` writes on the card: the file, its hash, and the headline of
+    the run that made it (from the card ``PATH.json`` / ``NAME.json`` next to it, if any)."""
+    path = Path(init)
+    if not path.is_file():
+        raise ValueError(f"init: {path} is not a file; give the .safetensors of a finished run "
+                         f"(e.g. runs/NAME-seed0/NAME.safetensors)")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    record = {"path": str(path), "sha256": digest}
+    card_file = path.with_suffix(".json")
+    if card_file.is_file():
+        try:
+            card = json.loads(card_file.read_text())
+        except (OSError, ValueError):
+            card = None
+        if isinstance(card, dict):
+            record["card"] = {k: card.get(k) for k in ("model", "steps", "batch_size", "image_size", "lr", "seed",
+                                                        "device", "wall_time_s", "val_miou", "command", "init")}
+    return record
+
+
 def _model_card(name, model, recipe, segments, state: _Progress, val, command) -> dict:
     """The JSON model card: what was trained, on what, how, how well, and where it ran."""
     import datetime
@@ -920,6 +941,7 @@ def _model_card(name, model, recipe, segments, state: _Progress, val, command) -
         "final_loss": state.losses[-1] if state.losses else None,
         "losses": state.losses,
         "segments": segments,
+        "init": recipe.get("init"),
         "torch": torch.__version__, "segviz": version,
         "command": command,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -964,6 +986,7 @@ def train_run(
     progress: bool = True,
     command: str | None = None,
     world: World | None = None,
+    init: str | os.PathLike | None = None,
 ) -> RunResult:
     """Train the registered model ``name`` on :class:`segviz.data.Scenes` into the folder ``out``
     (what ``python -m segviz train NAME`` runs).
@@ -1007,6 +1030,12 @@ def train_run(
             or ``{"sr_ratios": (16, 8, 4, 2)}`` to train SegFormer at other reduction ratios.
         workers: DataLoader worker processes; default 0 on the CPU, else up to 8 per GPU.
         command: the command line, for the card (default ``sys.argv``).
+        init: start from these weights instead of a random init (a finished run's
+            ``NAME.safetensors``, e.g. one trained at a smaller ``size``: a short, cheap run at a
+            low resolution followed by one at the full size). The file must fit the model and
+            its config; the card records it under ``"init"`` (path, SHA-256, and the steps, image
+            size and validation mIoU of the card next to it, when there is one), so the whole
+            chain of runs stays on record. Optimizer and schedule start fresh.
     """
     import shlex
     import sys
@@ -1059,11 +1088,14 @@ def train_run(
     if not callable(getattr(probe, "predict", None)):
         raise ValueError(f"{name} is not a segmentation model (it has no predict(x) giving per-pixel logits; "
                          f"e.g. an ImageNet classifier); models that can be trained: {', '.join(segmentation_models())}")
+    init_record = _init_record(init) if init is not None else None
     train_set = Scenes(TRAIN_IMAGES, size, seed, split="train")
     val = Scenes(val_size, size, VAL_SEED, split="val") if val_size else None
     recipe = _plain({"model": name, "config": probe.segviz_config, "steps": steps, "batch_size": batch_size,
                      "size": size, "lr": lr, "weight_decay": weight_decay, "schedule": schedule,
                      "power": power, "warmup": warmup, "seed": seed, "dataset": train_set.description()})
+    if init_record is not None:
+        recipe["init"] = init_record
     del probe
 
     out = Path("runs") / f"{name}-seed{seed}" if out is None else Path(out)
@@ -1108,6 +1140,13 @@ def train_run(
     try:
         torch.manual_seed(seed)
         model = create_model(name, num_classes=num_classes, **overrides)
+        if init is not None:
+            try:
+                start = create_model(name, num_classes=num_classes, weights=str(init), **overrides)
+            except ValueError as err:
+                raise ValueError(f"init: {init} does not fit {name} with this config ({err})") from err
+            model.load_state_dict(start.state_dict())
+            del start
         if world.rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             if force:

@@ -5,6 +5,7 @@ Everything trains segformer-nano (or edaformer-nano) at 64 px for a few steps, i
 and on one thread, so each test takes a second or two.
 """
 import datetime
+import hashlib
 import json
 
 import pytest
@@ -329,3 +330,38 @@ def test_train_help_lists_the_options(capsys):
     out = capsys.readouterr().out
     for option in ("--steps", "--resume", "--force", "--amp", "--set KEY=VALUE", "--val-every", "--checkpoint-every"):
         assert option in out
+
+
+# --------------------------------------------------------------------------- --init
+def test_init_starts_from_a_finished_run_and_the_card_records_it(tmp_path):
+    assert run(tmp_path / "small", steps=2) == 0  # the first stage (the tiny settings: 64 px)
+    start = tmp_path / "small" / "segformer-nano.safetensors"
+    # one step at a negligible lr leaves the file's parameters (BatchNorm statistics move on the batch)
+    assert run(tmp_path / "zero", "--init", start, "--lr", "1e-12", "--warmup", "0", steps=1) == 0
+
+    def parameters(path):
+        return {k: v for k, v in tensors(path).items() if not k.endswith(("running_mean", "running_var", "tracked"))}
+
+    assert max_difference(parameters(start), parameters(tmp_path / "zero" / "segformer-nano.safetensors")) < 1e-6
+    # (without --init the same seed would start from the random init: 2 steps at lr 1e-3 away from it)
+    assert run(tmp_path / "random", "--lr", "1e-12", "--warmup", "0", steps=1) == 0
+    assert max_difference(parameters(start), parameters(tmp_path / "random" / "segformer-nano.safetensors")) > 1e-4
+    # the second stage at another size
+    assert run(tmp_path / "big", "--init", start, "--size", "96", steps=2) == 0
+    card = card_of(tmp_path / "big")
+    assert card["image_size"] == 96
+    assert card["init"]["path"] == str(start)
+    assert card["init"]["sha256"] == hashlib.sha256(start.read_bytes()).hexdigest()
+    assert card["init"]["card"]["image_size"] == 64 and card["init"]["card"]["steps"] == 2
+    assert card_of(tmp_path / "small")["init"] is None  # a random start says so
+    # a run started from other weights is a different run: resume refuses it
+    assert run(tmp_path / "big", "--resume", "--init", tmp_path / "zero" / "segformer-nano.safetensors",
+               "--size", "96", steps=2) == 2
+
+
+def test_init_refuses_a_missing_file_and_weights_of_another_model(tmp_path, capsys):
+    assert run(tmp_path / "a", "--init", tmp_path / "nope.safetensors", steps=1) == 2
+    assert "is not a file" in capsys.readouterr().err
+    assert run(tmp_path / "eda", name="edaformer-nano", steps=1) == 0
+    assert run(tmp_path / "b", "--init", tmp_path / "eda" / "edaformer-nano.safetensors", steps=1) == 2
+    assert "does not fit segformer-nano" in capsys.readouterr().err
