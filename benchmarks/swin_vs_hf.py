@@ -2,7 +2,11 @@
 SwinForImageClassification (Swin-T, window 7), same weights, same input, same process,
 interleaved runs (warmup, then the median of N timed runs of each).
 
-    python benchmarks/swin_vs_hf.py [--size 224] [--runs 20] [--threads N] [--batch 1]
+    python benchmarks/swin_vs_hf.py [--size 224] [--runs 20] [--rounds 1] [--threads N] [--batch 1] [--no-grad]
+
+``--rounds K`` repeats the whole interleaved measurement K times and prints every round's ratio and
+their spread (the machine may be shared: one round's ratio alone can mislead). Both models run under
+``torch.inference_mode()``, or under ``torch.no_grad()`` with ``--no-grad``.
 
 Nothing is downloaded: the HF model is built from a config with random weights (its zero-initialised
 relative-position tables are filled too), written with save_pretrained and read back by
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,6 +35,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--no-grad", action="store_true", help="torch.no_grad() instead of torch.inference_mode()")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -46,17 +53,26 @@ def main() -> None:
         ours = segviz.create_model("swin-t", weights=os.path.join(tmp, "model.safetensors"))
     ours.eval()
     x = torch.randn(args.batch, 3, args.size, args.size)
-    with torch.inference_mode():
-        ref = hf(pixel_values=x).logits
-        err = (ours(x) - ref).abs().max().item()
-        t_ours, t_hf = interleaved_medians([lambda: ours(x), lambda: hf(pixel_values=x).logits], args.warmup, args.runs)
+    mode = torch.no_grad() if args.no_grad else torch.inference_mode()
     print(f"swin-t, input {args.batch}x3x{args.size}x{args.size}, CPU, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, transformers {transformers.__version__} "
-          f"(attention: {hf.config._attn_implementation})")
-    print(f"max |logit difference|: {err:.2e} (logits up to {ref.abs().max().item():.2f})")
-    print(f"segviz       : {t_ours * 1e3:8.1f} ms (median of {args.runs})")
-    print(f"transformers : {t_hf * 1e3:8.1f} ms (median of {args.runs})")
-    print(f"ratio segviz / transformers: {t_ours / t_hf:.2f}")
+          f"(attention: {hf.config._attn_implementation}), {'no_grad' if args.no_grad else 'inference_mode'}")
+    ratios = []
+    with mode:
+        ref = hf(pixel_values=x).logits
+        err = (ours(x) - ref).abs().max().item()
+        print(f"max |logit difference|: {err:.2e} (logits up to {ref.abs().max().item():.2f})")
+        for i in range(args.rounds):
+            t_ours, t_hf = interleaved_medians([lambda: ours(x), lambda: hf(pixel_values=x).logits], args.warmup,
+                                               args.runs)
+            ratios.append(t_ours / t_hf)
+            prefix = f"round {i + 1}/{args.rounds}: " if args.rounds > 1 else ""
+            print(f"{prefix}segviz {t_ours * 1e3:8.1f} ms, transformers {t_hf * 1e3:8.1f} ms (medians of {args.runs})")
+    if args.rounds > 1:
+        print("ratios: " + ", ".join(f"{r:.3f}" for r in ratios) + f" (spread {min(ratios):.3f}-{max(ratios):.3f})")
+        print(f"ratio segviz / transformers: {statistics.median(ratios):.2f} (median of {args.rounds} rounds)")
+    else:
+        print(f"ratio segviz / transformers: {ratios[0]:.2f}")
 
 
 if __name__ == "__main__":
