@@ -181,10 +181,24 @@ def test_pointwise_channel_work_and_permutes_pass_through():
         def forward(self, x):
             y = torch.cat([self.a(x), self.b(x)], dim=1)                    # channels: union = 5
             y = self.fc(self.norm(y.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)   # channels-last and back
-            return torch.sigmoid(y) * y
+            return torch.maximum(torch.sigmoid(y) * y, torch.max(y, y.mean(1, keepdim=True)))
 
     rf = receptive_field(Net(), None, input_size=12)
     assert rf.size == (5, 5) and rf.stride == (1, 1)
+
+
+def test_reductions_over_height_or_width_are_the_whole_input():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = conv(3, p=1, c_out=4)
+
+        def forward(self, x):
+            y = self.a(x)
+            return y * torch.softmax(y, dim=-1)     # weights over the width: mixes a whole row
+
+    rf = receptive_field(Net(), None, input_size=8)
+    assert rf.whole_input and "softmax" in rf.reason
 
 
 def test_interpolation_adds_its_taps_and_scales_the_stride():

@@ -460,9 +460,9 @@ class _Tracker(TorchFunctionMode):
             return self._permute(name, x, info, args, kwargs, first)
         if name == "__getitem__":
             return self._getitem(x, info, args[1], first)
-        if name in _ALONG_DIM:
-            b = _bind(args, kwargs, ("input", "dim"), {"dim": None})
-            dim = b["dim"]
+        along = _bind(args, kwargs, ("input", "dim"), {"dim": None})["dim"] if name in _ALONG_DIM else None
+        if name in _ALONG_DIM and not isinstance(along, Tensor):   # torch.max(a, b) is pointwise
+            dim = along
             dims = list(range(x.dim())) if dim is None else [d % x.dim() for d in (dim if isinstance(dim, (tuple, list)) else [dim])]
             if set(dims) & set(info.dims):
                 return _whole(f"'{name}' over the map's height or width", None)
