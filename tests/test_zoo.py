@@ -1,4 +1,5 @@
 """The zoo: every shipped weight file loads through create_model and reproduces its card's mIoU."""
+import dataclasses
 import json
 
 import pytest
@@ -99,3 +100,14 @@ def test_describe_sums_up_the_card():
     for part in (f"{card['params']:,} parameters", f"trained {card['steps']} steps of {card['batch_size']}",
                  f"({card['image_size']} px)", f"held-out mIoU {entry.val_miou:.3f}", f"({card['shipped']['eval']['n']} val scenes)"):
         assert part in text, part
+
+
+def test_describe_names_every_stage_of_a_run_started_from_another():
+    entry = find("segformer-nano", "scenes")
+    first = {"steps": 1500, "batch_size": 8, "image_size": 128, "wall_time_s": 600.0}
+    card = dict(entry.card, init={"path": "runs/x/segformer-nano.safetensors", "sha256": "0" * 64, "card": first})
+    chained = dataclasses.replace(entry, card=card)
+    text = chained.describe()
+    assert (f"trained {card['steps']} steps of {card['batch_size']} Scenes images ({card['image_size']} px) "
+            f"after 1500 steps of 8 Scenes images (128 px)") in text
+    assert f"in {(card['wall_time_s'] + 600) / 60:.0f} min" in text

@@ -45,9 +45,14 @@ class WeightEntry:
     def describe(self) -> str:
         """One sentence from the card: parameters, how it was trained, and its held-out mIoU."""
         c, shipped = self.card, self.card["shipped"]
-        return (f"{self.model}, weights {self.tag!r}: {c['params']:,} parameters, trained {c['steps']} steps of "
-                f"{c['batch_size']} Scenes images ({c['image_size']} px) on {c['device'].upper()} in "
-                f"{c['wall_time_s'] / 60:.0f} min; held-out mIoU {shipped['val_miou']:.3f} "
+        stages = [c]
+        while (stages[-1].get("init") or {}).get("card"):  # runs started from an earlier run's weights
+            stages.append(stages[-1]["init"]["card"])
+        trained = " after ".join(f"{s['steps']} steps of {s['batch_size']} Scenes images ({s['image_size']} px)"
+                                 for s in stages)
+        minutes = sum(s["wall_time_s"] for s in stages) / 60
+        return (f"{self.model}, weights {self.tag!r}: {c['params']:,} parameters, trained {trained} "
+                f"on {c['device'].upper()} in {minutes:.0f} min; held-out mIoU {shipped['val_miou']:.3f} "
                 f"({shipped['eval']['n']} val scenes)")
 
     def __str__(self) -> str:
