@@ -344,3 +344,28 @@ def test_both_hf_layouts_load_to_the_same_weights(pair, tmp_path):
     expected = ours.state_dict()
     assert loaded.state_dict().keys() == expected.keys()
     assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
+
+
+def test_resnet50_builder_params_and_gmacs():
+    """Mask2Former R50 (not registered yet): 44.0M params (the paper's 44M) and, at 512, the
+    forward plus the semantic-inference step near the paper's 71 GFLOPs, as for Swin-T (73.2 vs 74)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from segviz.nn.attention import explicit_attention
+
+    with torch.device("meta"):
+        model = m2f.mask2former_resnet(150).eval()
+    # the backbone: torchvision's ResNet-50 (25,557,032 params) without its 1000-class fc
+    assert count_params(model.backbone) == 25_557_032 - (2048 * 1000 + 1000)
+    # the heads differ from Swin-T's only in the input projections (res3..res5) and the res2 lateral
+    swin_t = meta_model("mask2former-swin-t")
+    heads = count_params(model) - count_params(model.backbone)
+    swin_heads = count_params(swin_t) - count_params(swin_t.backbone)
+    assert heads - swin_heads == 256 * ((512 + 1024 + 2048) - (192 + 384 + 768)) + 256 * (256 - 96)
+    assert abs(count_params(model) / 1e6 - 44) < 0.5
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), explicit_attention(), counter:
+        model.predict(torch.zeros(1, 3, 512, 512, device="meta"))
+    assert abs(counter.get_total_flops() / 2e9 - 71) < 1.0
+    with pytest.raises(ValueError, match="layers"):
+        m2f.mask2former_resnet(150, layers=(3, 4, 6))

@@ -43,18 +43,16 @@ The reference is the official code (facebookresearch/Mask2Former: ``MSDeformAttn
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from segviz.models import swin
+from segviz.models import resnet, swin
 from segviz.nn.attention import attention
-from segviz.nn.checks import check_image_batch, check_int, check_positive
+from segviz.nn.checks import check_int, check_positive
 from segviz.nn.contract import SegmentationModel
 from segviz.nn.deformable import MSDeformAttn, reference_points
 from segviz.nn.position import sine_position_encoding
@@ -608,10 +606,12 @@ def _check_config(owner, hidden_dim, mask_dim, num_queries, heads, enc_layers, e
                         ("no_object_weight", no_object_weight), ("oversample_ratio", oversample_ratio)):
         check_positive(owner, name, value)
     if oversample_ratio < 1:
-        raise ValueError(f"{owner}: oversample_ratio must be >= 1 (candidates per kept point), got {oversample_ratio!r}")
+        raise ValueError(f"{owner}: oversample_ratio must be >= 1 (candidates per kept point), "
+                         f"got {oversample_ratio!r}")
     if isinstance(importance_sample_ratio, bool) or not isinstance(importance_sample_ratio, (int, float)) \
             or not 0 <= importance_sample_ratio <= 1:
-        raise ValueError(f"{owner}: importance_sample_ratio must be a number in [0, 1], got {importance_sample_ratio!r}")
+        raise ValueError(f"{owner}: importance_sample_ratio must be a number in [0, 1], "
+                         f"got {importance_sample_ratio!r}")
 
 
 def mask2former_swin(
@@ -648,6 +648,45 @@ def mask2former_swin(
                   dec_ffn_dim, groups, class_weight, mask_weight, dice_weight, no_object_weight, train_num_points,
                   oversample_ratio, importance_sample_ratio)
     backbone = swin.SwinBackbone(in_chans, embed_dim, depths, num_heads, window_size, mlp_ratio, True, drop_path_rate)
+    return Mask2Former(backbone, num_classes, hidden_dim, mask_dim, num_queries, heads, enc_layers, enc_ffn_dim,
+                       enc_points, dec_layers, dec_ffn_dim, groups, class_weight, mask_weight, dice_weight,
+                       no_object_weight, train_num_points, oversample_ratio, importance_sample_ratio, in_chans=in_chans)
+
+
+def mask2former_resnet(
+    num_classes: int = 150,
+    layers: Sequence[int] = (3, 4, 6, 3),
+    hidden_dim: int = 256,
+    mask_dim: int = 256,
+    num_queries: int = 100,
+    heads: int = 8,
+    enc_layers: int = 6,
+    enc_ffn_dim: int = 1024,
+    enc_points: int = 4,
+    dec_layers: int = 9,
+    dec_ffn_dim: int = 2048,
+    groups: int = 32,
+    class_weight: float = 2.0,
+    mask_weight: float = 5.0,
+    dice_weight: float = 5.0,
+    no_object_weight: float = 0.1,
+    train_num_points: int = 12544,
+    oversample_ratio: float = 3.0,
+    importance_sample_ratio: float = 0.75,
+    in_chans: int = 3,
+) -> Mask2Former:
+    """Mask2Former on a ResNet (:class:`segviz.models.resnet.ResNet`, torchvision's layout, no
+    dilation: res2..res5 at strides 4..32). ResNet-50: ``layers=(3, 4, 6, 3)``.
+
+    The official R50 configs keep detectron2's FrozenBN (BatchNorm with fixed statistics and
+    affine parameters); here the backbone's BatchNorm is an ordinary one, the same function in
+    eval mode. Not registered yet: the registry pairs every family with a ``-nano`` variant."""
+    owner = "Mask2Former"
+    check_int(owner, "num_classes", num_classes)
+    _check_config(owner, hidden_dim, mask_dim, num_queries, heads, enc_layers, enc_ffn_dim, enc_points, dec_layers,
+                  dec_ffn_dim, groups, class_weight, mask_weight, dice_weight, no_object_weight, train_num_points,
+                  oversample_ratio, importance_sample_ratio)
+    backbone = resnet.ResNet(layers, num_classes=None, in_chans=in_chans)
     return Mask2Former(backbone, num_classes, hidden_dim, mask_dim, num_queries, heads, enc_layers, enc_ffn_dim,
                        enc_points, dec_layers, dec_ffn_dim, groups, class_weight, mask_weight, dice_weight,
                        no_object_weight, train_num_points, oversample_ratio, importance_sample_ratio, in_chans=in_chans)
