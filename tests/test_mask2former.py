@@ -292,6 +292,9 @@ def test_loss_from_labels_and_from_instances_trains_through_the_trainer():
     loss.backward()
     assert model.decoder.query_feat.weight.grad.abs().sum() > 0
     assert model.pixel_decoder.encoder[0].self_attn.sampling_offsets.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="forward_heads"):  # eval-mode forward gives semantic scores
+        model.loss(model.eval()(images), labels)
+    model.train()
     instance = model.loss(model(images), [data.instances(i) for i in range(2)])
     assert torch.isfinite(instance) and instance.requires_grad
     # one optimiser step on the same batch lowers the loss

@@ -574,6 +574,10 @@ class Mask2Former(SegmentationModel):
     def loss(self, outputs: dict, target) -> Tensor:
         """The set criterion (weighted sum over all predictions). ``outputs`` as :meth:`forward_heads`
         returns them; ``target`` a label map (B, H, W) or per image (classes, masks)."""
+        if not isinstance(outputs, dict) or "pred_logits" not in outputs:
+            got = f"a tensor of shape {tuple(outputs.shape)}" if isinstance(outputs, Tensor) else type(outputs).__name__
+            raise ValueError(f"Mask2Former.loss needs the set predictions of forward_heads(x) (what forward returns "
+                             f"in training mode), got {got}; call model.train() or use model.forward_heads(x)")
         if isinstance(target, Tensor):
             targets = semantic_targets(target, self.ignore_index)
         else:
