@@ -7,7 +7,9 @@ For each variant three forwards are timed, interleaved run by run (``_timing.py`
 ``segviz.create_model(...)`` (the readable model) and ``segviz.fuse_for_inference`` of it
 (the all-MLP decoder's fuse merged into each stage's Linear before upsampling). Each
 repeat prints the medians of ``--runs`` runs after ``--warmup``; the last lines give the
-median ratio over the repeats and its range, since the machine may be shared.
+median ratio over the repeats and its range, since the machine may be shared. On a
+machine shared with other jobs, ``--threads 1`` gives steadier figures: with more threads
+than free cores every parallel op waits for its slowest thread, which blurs the ratios.
 
 Nothing is downloaded: the HF model is built from a config with random weights and its
 weights are copied into segviz's model through a checkpoint file, so all three compute the

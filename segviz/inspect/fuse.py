@@ -19,10 +19,12 @@ Transforms (block -> fused block):
   formed); ``segviz.isr`` works as before (the encoder is unchanged).
 
 Models without such a block (EDAFormer, Swin/UperNet today) are refused with a
-``ValueError``. EDAFormer's decoder ends in the same kind of fuse (Conv1x1-BN-ReLU over
-bilinearly upsampled stage maps), but no Linear precedes the upsampling there (each stage
-ends in attention blocks), so only the fuse itself could move to the stage resolutions:
-a smaller saving, not implemented.
+``ValueError``. EDAFormer's decoder is attention-based, but it ends in the same kind of
+fuse (Conv1x1-BN-ReLU over the concatenation of bilinearly upsampled stage maps). No Linear
+precedes the upsampling there (each stage ends in attention blocks), so only the fuse
+itself could move to the stages' own resolutions, with its BatchNorm folded in: at 512x512
+that is 0.18 of EDAFormer-T's 5.6 GMACs (the fuse costs 0.235, split 0.059) and 2.1 of
+EDAFormer-B's 31.8 (2.82 -> 0.70). Exact, but smaller; not implemented yet.
 
 The result is for inference: it computes what ``model.eval()`` computes (BatchNorm with its
 running statistics, no dropout, no drop-path), whatever mode ``model`` is in, and the fused
