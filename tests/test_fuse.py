@@ -184,3 +184,16 @@ def test_bad_inputs_are_refused():
     decoder.linear_fuse.bn = nn.BatchNorm2d(64, track_running_stats=False)
     with pytest.raises(ValueError, match="without running statistics"):
         fuse_for_inference(decoder)
+
+
+def test_gradients_through_the_fused_model_match():
+    # the in-place sum and ReLU must not break autograd (segviz.erf takes input gradients)
+    model = segviz.create_model("segformer-nano").eval()
+    fused = fuse_for_inference(model)
+    grads = []
+    for net in (model, fused):
+        x = X[:1].clone().requires_grad_(True)
+        net(x)[0, 1, 9, 11].backward()
+        grads.append(x.grad)
+    assert grads[0].abs().max() > 0
+    assert (grads[1] - grads[0]).abs().max() <= TOL * grads[0].abs().max()
