@@ -197,3 +197,14 @@ def test_gradients_through_the_fused_model_match():
         grads.append(x.grad)
     assert grads[0].abs().max() > 0
     assert (grads[1] - grads[0]).abs().max() <= TOL * grads[0].abs().max()
+
+
+@torch.no_grad()
+def test_a_fuse_conv_with_a_bias_folds_too():
+    # the official fuse conv has none (mmseg drops it before a norm), but a bias would join the BN shift
+    decoder = _decoder("segformer-nano")
+    old = decoder.linear_fuse.conv
+    decoder.linear_fuse.conv = nn.Conv2d(old.in_channels, old.out_channels, 1, bias=True)
+    nn.init.normal_(decoder.linear_fuse.conv.bias)
+    feats = _features(decoder)
+    assert (fuse_for_inference(decoder)(feats) - decoder(feats)).abs().max() <= TOL

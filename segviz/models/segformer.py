@@ -374,8 +374,10 @@ class FusedMLPDecoder(nn.Module):
           = ReLU(BN(Σ_i W_f,i U(W_i x_i + b_i)))                   (a block matrix times a stack)
           = ReLU(BN(Σ_i U(W_f,i W_i x_i + W_f,i b_i)))             (W_f,i and U commute, below)
 
-    and eval-mode BatchNorm is itself an affine map per channel, BN(z) = s ⊙ z + t with
-    s = γ / sqrt(σ² + ε) and t = β - s ⊙ μ (running statistics), so it folds in as well:
+    (the fuse conv has no bias: mmseg's ConvModule drops it before a norm, and HF builds it
+    with ``bias=False``; one would simply join t below), and eval-mode BatchNorm is itself an
+    affine map per channel, BN(z) = s ⊙ z + t with s = γ / sqrt(σ² + ε) and t = β - s ⊙ μ
+    (running statistics), so it folds in as well:
 
         F = ReLU(Σ_i U(A_i x_i + c_i)),   A_i = diag(s) W_f,i W_i    (C x C_i)
                                           c_i = s ⊙ (W_f,i b_i)      (+ t, added to c_1 only)
