@@ -1,6 +1,7 @@
 """Swin's autograd-free caches (segviz.models.swin): the window layouts a stage keeps and the
 attention bias (B [+ mask]) a WindowAttention keeps. They must give the numbers of the uncached
-path, be rebuilt whenever the weights, dtype or map size change, and never be used with autograd on."""
+path, be rebuilt whenever the weights (however written), dtype or map size change, and never be used
+with autograd on."""
 import pytest
 import torch
 
@@ -97,6 +98,29 @@ def test_load_state_dict_and_an_optimizer_step_invalidate_the_cache():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     for a, b in zip(after, other(x)):
         assert not torch.allclose(a, b)  # the step changed the output; the cache saw it
+
+
+@pytest.mark.parametrize("write", ["data", "fused_adamw"])
+def test_writes_the_version_counter_misses_are_seen(write):
+    """Neither a write through .data nor a fused optimizer step bumps the table's version counter."""
+    model = backbone()
+    x = torch.randn(1, 3, 32, 32)
+    table = model.stages[0].blocks[1].attn.relative_position_bias_table
+    with torch.no_grad():
+        before = model(x)
+    version = table._version
+    if write == "data":
+        table.data.mul_(-1.0)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.5, fused=True)
+        loss(model(x)).backward()
+        optimizer.step()
+    assert table._version == version  # the counter indeed saw nothing
+    with torch.no_grad():
+        after = model(x)
+    assert not torch.allclose(after[0], before[0])
+    for a, b in zip(after, uncached(model, x)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_no_cache_with_autograd_on_and_gradients_reach_the_table():

@@ -192,9 +192,11 @@ class WindowAttention(nn.Module):
     When autograd is off (``torch.no_grad`` / ``inference_mode``), the term added to the logits,
     B [+ mask], is computed once and reused (:meth:`attention_bias`): gathering B from the table
     and adding the mask is the same on every forward until the table changes. The cache is one
-    plain attribute (not in the state dict); it is keyed on the table's version counter, storage
-    and dtype, so an optimizer step, ``load_state_dict``, ``.to()`` or any in-place write
-    invalidates it, and on the mask object. With autograd on it is not used at all.
+    plain attribute (not in the state dict) holding a copy of the table it was built from; it is
+    used only while the table still equals that copy exactly (a few microseconds to compare), so
+    an optimizer step, ``load_state_dict``, ``.to()`` or a write through ``.data`` (which the
+    version counter does not see, nor does a fused optimizer) all rebuild it. With autograd on
+    it is not used at all.
     """
 
     def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True):
@@ -205,7 +207,7 @@ class WindowAttention(nn.Module):
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
-        self._bias_cache: tuple | None = None  # (key, mask, bias) of the last autograd-free forward
+        self._bias_cache: tuple | None = None  # (window, mask, table copy, bias) of the last autograd-free forward
 
     def relative_position_bias(self, window: int | None = None) -> Tensor:
         """B for every head: (heads, m², m²) for a window of side m <= M (default M)."""
@@ -222,13 +224,12 @@ class WindowAttention(nn.Module):
         (nW, heads, m², m²) with one. Cached while autograd is off (see the class docstring);
         the mask must not be modified in place (the stage builds it and never does)."""
         table = self.relative_position_bias_table
-        if torch.is_grad_enabled() or table.is_inference():  # inference tensors have no version counter
+        if torch.is_grad_enabled() or table.is_meta:
             return self._attention_bias(window, mask)
-        key = (window, table._version, table.data_ptr(), table.dtype, table.device)
         cached = self._bias_cache
-        if cached is None or cached[0] != key or cached[1] is not mask:
-            cached = self._bias_cache = (key, mask, self._attention_bias(window, mask))
-        return cached[2]
+        if not (cached is not None and cached[0] == window and cached[1] is mask and _same(cached[2], table)):
+            cached = self._bias_cache = (window, mask, table.detach().clone(), self._attention_bias(window, mask))
+        return cached[3]
 
     def _attention_bias(self, window: int, mask: Tensor | None) -> Tensor:
         bias = self.relative_position_bias(window).unsqueeze(0).contiguous()  # (1, heads, m², m²)
@@ -249,6 +250,11 @@ class WindowAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, window_size={self.window_size}, heads={self.num_heads}"
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    """Same dtype, device, shape and values (NaN never equals itself, so a NaN table is never reused)."""
+    return a.dtype == b.dtype and a.device == b.device and a.shape == b.shape and torch.equal(a, b)
 
 
 # ----------------------------------------------------------------------------------------
