@@ -378,13 +378,19 @@ def explorer_figure(image, labels, windows: Mapping[str, tuple | None], query: t
     n = max(int(lab.max()) + 1, len(class_names) if class_names else 0)
     colors = class_colors(n)
     pred = np.kron(lab, np.ones((max(h // lab.shape[0], 1), max(w // lab.shape[1], 1)), dtype=np.int64))[:h, :w]
-    ax_pred.imshow(img * 0.45 + 0.55 * colors[pred])
+    # a class called "background" (class 0) is left uncoloured, as in prediction_panels
+    plain = bool(class_names) and str(class_names[0]).lower() == "background"
+    coloured = img * 0.45 + 0.55 * colors[pred]
+    if plain:
+        coloured = np.where((pred == 0)[..., None], img, coloured)
+    ax_pred.imshow(coloured)
     _clean(ax_pred)
     ax_pred.set_title(title or "prediction", fontsize=style.SMALL)
     if class_names:
-        handles = [Rectangle((0, 0), 1, 1, color=colors[i]) for i in range(len(class_names))]
-        ax_pred.legend(handles, class_names, loc="upper left", bbox_to_anchor=(0.0, -0.02), ncol=3,
-                       fontsize=style.SMALL, borderaxespad=0)
+        shown = range(1 if plain else 0, len(class_names))
+        handles = [Rectangle((0, 0), 1, 1, color=colors[i]) for i in shown]
+        ax_pred.legend(handles, [class_names[i] for i in shown], loc="upper left", bbox_to_anchor=(0.0, -0.02),
+                       ncol=3, fontsize=style.SMALL, borderaxespad=0)
     return fig
 
 
