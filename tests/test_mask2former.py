@@ -53,7 +53,7 @@ def pair(tmp_path_factory):
             p.add_(torch.randn(p.shape, generator=g) * 0.02)
     path = tmp_path_factory.mktemp("m2f")
     hf.save_pretrained(path)
-    ours = segviz.create_model("mask2former-swin-nano", weights=str(path / "model.safetensors"),
+    ours = segviz.create_model("mask2former-nano", weights=str(path / "model.safetensors"),
                                **{k: v for k, v in SMALL.items() if k != "num_classes"}).eval()
     x = torch.randn(2, 3, SIDE, SIDE - 32, generator=g)
     with torch.no_grad():
@@ -160,13 +160,13 @@ def test_records_masked_cross_attention_self_attention_and_sampling(pair):
 
 def test_bad_mask2former_config():
     with pytest.raises(ValueError, match="divisible by heads"):
-        meta_model("mask2former-swin-nano", heads=3)
+        meta_model("mask2former-nano", heads=3)
     with pytest.raises(ValueError, match="GroupNorm"):
-        meta_model("mask2former-swin-nano", hidden_dim=48, heads=4)
+        meta_model("mask2former-nano", hidden_dim=48, heads=4)
     with pytest.raises(ValueError, match="importance_sample_ratio"):
-        meta_model("mask2former-swin-nano", importance_sample_ratio=1.5)
+        meta_model("mask2former-nano", importance_sample_ratio=1.5)
     with pytest.raises(ValueError, match="oversample_ratio"):
-        meta_model("mask2former-swin-nano", oversample_ratio=0.5)
+        meta_model("mask2former-nano", oversample_ratio=0.5)
 
 
 # ---------------------------------------------------------------------------------------
@@ -279,7 +279,7 @@ def test_loss_from_labels_and_from_instances_trains_through_the_trainer():
     from segviz.training import _loss
 
     torch.manual_seed(0)
-    model = segviz.create_model("mask2former-swin-nano").train()
+    model = segviz.create_model("mask2former-nano").train()
     data = Scenes(2, size=64)
     images = torch.stack([data[i][0] for i in range(2)])
     labels = torch.stack([data[i][1] for i in range(2)])
@@ -316,6 +316,7 @@ def test_swin_t_gmacs_at_512_reproduce_the_published_counts():
     150 class scores, 3.93 GMACs) about 73.2 — the paper's 74 GFLOPs (fvcore) count that step too."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from segviz.models.resnet import ResNet
     from segviz.nn.attention import explicit_attention
 
     model = meta_model("mask2former-swin-t").eval()
@@ -342,7 +343,7 @@ def test_both_hf_layouts_load_to_the_same_weights(pair, tmp_path):
     hf, ours, _, _ = pair
     path = tmp_path / "hf5.safetensors"
     save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, str(path))
-    loaded = segviz.create_model("mask2former-swin-nano", weights=str(path),
+    loaded = segviz.create_model("mask2former-nano", weights=str(path),
                                  **{k: v for k, v in SMALL.items() if k != "num_classes"})
     expected = ours.state_dict()
     assert loaded.state_dict().keys() == expected.keys()
@@ -350,14 +351,14 @@ def test_both_hf_layouts_load_to_the_same_weights(pair, tmp_path):
 
 
 def test_resnet50_builder_params_and_gmacs():
-    """Mask2Former R50 (not registered yet): 44.0M params (the paper's 44M) and, at 512, the
+    """Mask2Former R50 (``mask2former-r50``): 44.0M params (the paper's 44M) and, at 512, the
     forward plus the semantic-inference step near the paper's 71 GFLOPs, as for Swin-T (73.2 vs 74)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from segviz.nn.attention import explicit_attention
 
-    with torch.device("meta"):
-        model = m2f.mask2former_resnet(150).eval()
+    model = meta_model("mask2former-r50").eval()
+    assert isinstance(model.backbone, ResNet)
     # the backbone: torchvision's ResNet-50 (25,557,032 params) without its 1000-class fc
     assert count_params(model.backbone) == 25_557_032 - (2048 * 1000 + 1000)
     # the heads differ from Swin-T's only in the input projections (res3..res5) and the res2 lateral

@@ -684,7 +684,7 @@ def mask2former_resnet(
 
     The official R50 configs keep detectron2's FrozenBN (BatchNorm with fixed statistics and
     affine parameters); here the backbone's BatchNorm is an ordinary one, the same function in
-    eval mode. Not registered yet: the registry pairs every family with a ``-nano`` variant."""
+    eval mode. Registered as ``mask2former-r50``."""
     owner = "Mask2Former"
     check_int(owner, "num_classes", num_classes)
     _check_config(owner, hidden_dim, mask_dim, num_queries, heads, enc_layers, enc_ffn_dim, enc_points, dec_layers,
@@ -784,6 +784,13 @@ PUBLISHED = {
                "(FlopCounterMode), +3.93 for the semantic-inference step",
     ),
 }
+PUBLISHED["mask2former-r50"] = dict(
+    params_m=44.0, gmacs=71.0, input_size=(512, 512), num_classes=150, miou=47.2,
+    counted="ResNet-50 + pixel decoder + transformer decoder + heads; 71 GFLOPs (fvcore) include the "
+            "semantic-inference step, as for Swin-T",
+    source="Cheng et al. 2022 (Mask2Former), ADE20K semantic segmentation table (R50, 512x512 crop, 160k "
+           "iterations); not in shared/reference/published.md: check against the paper",
+)
 SWIN_T = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7, mlp_ratio=4.0,
               drop_path_rate=0.3)
 register(
@@ -797,7 +804,17 @@ register(
     published=PUBLISHED["mask2former-swin-t"],
 )
 register(
-    "mask2former-swin-nano", mask2former_swin,
+    "mask2former-r50", mask2former_resnet,
+    dict(num_classes=150, layers=(3, 4, 6, 3), hidden_dim=256, mask_dim=256, num_queries=100, heads=8, enc_layers=6,
+         enc_ffn_dim=1024, enc_points=4, dec_layers=9, dec_ffn_dim=2048, groups=32, class_weight=2.0,
+         mask_weight=5.0, dice_weight=5.0, no_object_weight=0.1, train_num_points=12544, oversample_ratio=3.0,
+         importance_sample_ratio=0.75),
+    checkpoint_filter_fn,
+    description="Mask2Former + ResNet-50 (torchvision layout) for ADE20K semantic segmentation, 150 classes, 100 queries",
+    published=PUBLISHED["mask2former-r50"],
+)
+register(
+    "mask2former-nano", mask2former_swin,
     dict(num_classes=6, embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=7, mlp_ratio=4.0,
          drop_path_rate=0.1, hidden_dim=64, mask_dim=64, num_queries=16, heads=4, enc_layers=2, enc_ffn_dim=256,
          enc_points=4, dec_layers=3, dec_ffn_dim=256, groups=32, class_weight=2.0, mask_weight=5.0, dice_weight=5.0,
