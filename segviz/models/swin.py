@@ -195,8 +195,9 @@ class WindowAttention(nn.Module):
     plain attribute (not in the state dict) holding a copy of the table it was built from; it is
     used only while the table still equals that copy exactly (a few microseconds to compare), so
     an optimizer step, ``load_state_dict``, ``.to()`` or a write through ``.data`` (which the
-    version counter does not see, nor does a fused optimizer) all rebuild it. With autograd on
-    it is not used at all.
+    version counter does not see, nor does a fused optimizer) all rebuild it. With autograd on,
+    and on devices other than the CPU (where the comparison would wait for the device), it is
+    not used at all.
     """
 
     def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True):
@@ -224,7 +225,7 @@ class WindowAttention(nn.Module):
         (nW, heads, m², m²) with one. Cached while autograd is off (see the class docstring);
         the mask must not be modified in place (the stage builds it and never does)."""
         table = self.relative_position_bias_table
-        if torch.is_grad_enabled() or table.is_meta:
+        if torch.is_grad_enabled() or table.device.type != "cpu":  # comparing on a GPU would wait for it
             return self._attention_bias(window, mask)
         cached = self._bias_cache
         if not (cached is not None and cached[0] == window and cached[1] is mask and _same(cached[2], table)):
