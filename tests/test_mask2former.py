@@ -355,6 +355,7 @@ def test_resnet50_builder_params_and_gmacs():
     forward plus the semantic-inference step near the paper's 71 GFLOPs, as for Swin-T (73.2 vs 74)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from segviz.models.resnet import ResNet
     from segviz.nn.attention import explicit_attention
 
     model = meta_model("mask2former-r50").eval()
