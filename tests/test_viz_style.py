@@ -158,6 +158,44 @@ def _deeplab_figures():
 
 FIGURES.update(_deeplab_figures())
 
+
+def _mask2former_figures():
+    """The Mask2Former chapter's figures (segviz.viz.mask2former), on small made-up records."""
+    from segviz.nn.recording import MaskedAttentionRecord, SamplingRecord
+    from segviz.viz import mask2former as mv
+    from segviz.viz.mask2former_explorer import SamplingExplorer  # noqa: F401  (imports cleanly)
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(2, 2), (4, 4), (8, 8)]
+    lq = sum(h * w for h, w in shapes)
+    ref = torch.cat([torch.stack(torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w,
+                                                indexing="ij")[::-1], -1).reshape(-1, 2) for h, w in shapes])[None]
+    locs = ref[:, :, None, None, None] + 0.1 * torch.randn(1, lq, 2, 3, 4, 2, generator=g)
+    weights = torch.softmax(torch.randn(1, lq, 2, 12, generator=g), -1).view(1, lq, 2, 3, 4)
+    sampling = SamplingRecord(locs, weights, shapes, ref, (2, 2))
+    masked = [MaskedAttentionRecord(torch.softmax(torch.randn(1, 2, 4, h * w, generator=g), -1),
+                                    torch.rand(1, 1, 4, h * w, generator=g) < 0.5, (h, w)) for h, w in shapes]
+    costs = {k: torch.rand(16, 4, generator=g) for k in ("class", "mask", "dice", "total")}
+    logits = torch.randn(16, 16, generator=g) * 3
+    return {
+        "m2f_queries": lambda: mv.query_predictions_figure(photo(), torch.randn(16, 7, generator=g),
+                                                           torch.randn(16, 16, 16, generator=g), SCENE_CLASSES,
+                                                           title="mask2former-nano"),
+        "m2f_matching": lambda: mv.matching_figure(costs, (torch.tensor([1, 3, 7, 12]), torch.tensor([2, 0, 3, 1])),
+                                                   ["background", "disc", "rectangle", "cross"], title="image 0"),
+        "m2f_sampling": lambda: mv.sampling_figure(photo(), {"init": sampling, "trained": sampling}, (30, 40),
+                                                   head=1, title="encoder layer 2"),
+        "m2f_masked_attention": lambda: mv.masked_attention_layers_figure(photo(), masked, [logits] * 4, 2,
+                                                                          title="image 0"),
+        "m2f_uncertain_points": lambda: mv.uncertain_points_figure(photo(), logits, torch.rand(64, 2, generator=g),
+                                                                   48, target=torch.zeros(H, W)),
+        "m2f_training": lambda: mv.training_figure([10.0 - 0.01 * i for i in range(300)], [(100, 0.2), (300, 0.3)],
+                                                   [{"class": 1.0, "mask": 0.2, "dice": 0.3}] * 4),
+    }
+
+
+FIGURES.update(_mask2former_figures())
+
 def _params():
     for name, make in FIGURES.items():
         yield pytest.param(name, make, id=name)
