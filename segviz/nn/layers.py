@@ -69,12 +69,18 @@ def drop_path_rates(total: float, depths: list[int]) -> list[list[float]]:
 
 
 def tokens_to_map(x: Tensor, hw: tuple[int, int]) -> Tensor:
-    """(B, N, C) tokens -> (B, C, h, w) map, N = h·w."""
+    """(B, N, C) tokens -> (B, C, h, w) map, N = h·w.
+
+    The map is a view of the (B, h, w, C) tokens, i.e. a channels-last tensor, also for B = 1
+    (``transpose(1, 2).reshape(...)`` gives the same values, but for B = 1 a batch stride that
+    PyTorch's CPU kernels do not recognise as channels-last, so bilinear upsampling and depthwise
+    convolutions then take slow copying paths). :func:`map_to_tokens` of it is again a view.
+    """
     b, n, c = x.shape
     h, w = hw
     if n != h * w:
         raise ValueError(f"{n} tokens cannot form a {h}x{w} map")
-    return x.transpose(1, 2).reshape(b, c, h, w)
+    return x.reshape(b, h, w, c).permute(0, 3, 1, 2)
 
 
 def map_to_tokens(x: Tensor) -> Tensor:
