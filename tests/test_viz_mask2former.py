@@ -182,7 +182,10 @@ def test_sampling_explorer_redraws_from_the_cache(run, monkeypatch):
     model, x, image, _, _ = run
     explorer = SamplingExplorer(model, image, x, query=(10, 10))
     assert explorer.view.value[:4] == b"\x89PNG"
-    assert len([ax for ax in explorer.figure.axes if ax.get_visible()]) == 6      # init and trained rows
+    assert len([ax for ax in explorer.figure.axes if ax.get_visible()]) == 3      # the trained row
+    explorer.state.value = "both"                                                  # records the init once
+    assert len([ax for ax in explorer.figure.axes if ax.get_visible()]) == 6
+    assert explorer.figure._suptitle.get_text().count("init") == 0 and "init" in explorer._cache
     calls = []
     monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(1))       # no forward pass on a redraw
     before = bytes(explorer.view.value)

@@ -216,7 +216,7 @@ def _draw_level_points(ax, img, record: SamplingRecord, index: int, head: int, l
 
 @style.styled
 def sampling_figure(image, records: Mapping[str, SamplingRecord], pixel_yx: tuple[int, int], *, head: int = 0,
-                    query_level: int = -1, title: str | None = None) -> Figure:
+                    query_level: int = -1, title: str | None = None, panel: float = 3.2) -> Figure:
     """Where one query pixel of the pixel decoder's deformable attention samples: one row per
     record (e.g. "init" and "trained"), one panel per level. The star is the reference point
     (the query pixel's centre, the same image point on every level); dots are the head's K
@@ -230,6 +230,7 @@ def sampling_figure(image, records: Mapping[str, SamplingRecord], pixel_yx: tupl
         pixel_yx: the query pixel in the photo.
         head: the attention head.
         query_level: which level's pixel is the query (an index into ``level_shapes``; -1 finest).
+        panel: the side of one panel in inches (an explorer draws smaller panels, faster).
     """
     if not isinstance(records, Mapping) or not records:
         raise ValueError("records must be a non-empty mapping: label -> SamplingRecord")
@@ -239,7 +240,7 @@ def sampling_figure(image, records: Mapping[str, SamplingRecord], pixel_yx: tupl
             raise ValueError(f"records[{label!r}] is a {type(record).__name__}, not a SamplingRecord")
     first = next(iter(records.values()))
     levels = len(first.level_shapes)
-    fig = style.figure(9.8, 0.5 + 3.35 * len(records))
+    fig = style.figure(levels * (panel + 0.07), 0.75 + (panel + 0.15) * len(records))
     axes = np.asarray(fig.subplots(len(records), levels)).reshape(len(records), levels)
     for row, (label, record) in enumerate(records.items()):
         if not 0 <= head < record.heads:
@@ -257,7 +258,7 @@ def sampling_figure(image, records: Mapping[str, SamplingRecord], pixel_yx: tupl
                 spine.set_linewidth(2.5)
     q_level = first.level_shapes[query_level % levels]
     fig.suptitle((title + ": " if title else "") + f"query pixel (y={pixel_yx[0]}, x={pixel_yx[1]}) on level "
-                 f"{level_name(q_level, img.shape[:2])}, head {head}; ★ reference point, dot area = weight",
+                 f"{level_name(q_level, img.shape[:2])}, head {head}\n★ reference point, dot area = weight",
                  fontsize=style.NORMAL)
     return fig
 

@@ -21,6 +21,7 @@ from segviz.viz.arrays import as_image
 from segviz.viz.mask2former import init_sampling_records, sampling_figure
 
 STATES = ("trained", "init", "both")
+PANEL = 2.4  # inches per panel: smaller than the notebook's figure, so that a redraw stays quick
 
 
 def _layer_labels(records: dict[str, SamplingRecord]) -> dict[str, str]:
@@ -63,7 +64,7 @@ class SamplingExplorer:
         qy, qx = (h // 2, w // 2) if query is None else query
         self.layer = widgets.Dropdown(options=list(self.layers), value=list(self.layers)[-1], description="layer")
         self.head = widgets.IntSlider(0, min=0, max=first.heads - 1, description="head")
-        self.state = widgets.ToggleButtons(options=list(STATES), value="both", description="weights")
+        self.state = widgets.ToggleButtons(options=list(STATES), value="trained", description="weights")
         levels = [(f"1/{round(h / s[0])} ({s[0]}×{s[1]})", i) for i, s in enumerate(first.level_shapes)]
         self.query_level = widgets.Dropdown(options=levels, value=len(levels) - 1, description="query on")
         self.y = widgets.IntSlider(qy, min=0, max=h - 1, description="query y")
@@ -90,7 +91,7 @@ class SamplingExplorer:
         states = ("init", "trained") if self.state.value == "both" else (self.state.value,)
         shown = {state: self.records(state)[name] for state in states}
         self.figure = sampling_figure(self.image, shown, (self.y.value, self.x_pixel.value), head=self.head.value,
-                                      query_level=self.query_level.value, title=self.layer.value)
+                                      query_level=self.query_level.value, title=self.layer.value, panel=PANEL)
         style.show_png(self.view, self.figure)
 
     def _repr_mimebundle_(self, **kwargs):
