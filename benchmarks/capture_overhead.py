@@ -15,6 +15,41 @@ import torch
 from _timing import interleaved_medians
 
 import segviz
+from segviz.nn.recording import record_kinds
+
+
+def _max_difference(a, b) -> float:
+    """Largest |a - b| over tensors, or over the tensors in dicts / lists / tuples of them."""
+    if isinstance(a, torch.Tensor):
+        return (a - b).abs().max().item()
+    if isinstance(a, dict):
+        return max((_max_difference(a[k], b[k]) for k in a), default=0.0)
+    if isinstance(a, (list, tuple)):
+        return max((_max_difference(u, v) for u, v in zip(a, b)), default=0.0)
+    return 0.0
+
+
+def measure(model, x, warmup: int = 2, runs: int = 10) -> dict:
+    """Median seconds of ``model(x)`` outside and inside ``segviz.capture(model)``, interleaved,
+    under ``torch.inference_mode()``; also the number of records and the largest output difference."""
+    counts = {}
+
+    def plain():
+        return model(x)
+
+    def recorded():
+        with segviz.capture(model) as rec:
+            out = model(x)
+        counts.clear()
+        for kind in record_kinds():
+            if rec.records(kind=kind):
+                counts[kind] = len(rec.records(kind=kind))
+        return out
+
+    with torch.inference_mode():
+        err = _max_difference(plain(), recorded())
+        t_plain, t_rec = interleaved_medians([plain, recorded], warmup, runs)
+    return dict(plain=t_plain, capture=t_rec, ratio=t_rec / t_plain, max_difference=err, records=dict(counts))
 
 
 def main() -> None:
@@ -30,26 +65,13 @@ def main() -> None:
     torch.manual_seed(0)
     model = segviz.create_model(args.model).eval()
     x = torch.randn(1, 3, args.size, args.size)
-    counts = {}
-
-    def plain():
-        return model(x)
-
-    def recorded():
-        with segviz.capture(model) as rec:
-            out = model(x)
-        counts["attention"], counts["feature"] = len(rec.records(kind="attention")), len(rec.records(kind="feature"))
-        return out
-
-    with torch.inference_mode():
-        err = (plain() - recorded()).abs().max().item()
-        t_plain, t_rec = interleaved_medians([plain, recorded], args.warmup, args.runs)
+    r = measure(model, x, args.warmup, args.runs)
     print(f"{args.model}, input 1x3x{args.size}x{args.size}, CPU, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"recorded: {counts['attention']} attention maps, {counts['feature']} feature maps; "
-          f"max |output difference| {err:.1e}")
-    print(f"plain forward      : {t_plain * 1e3:8.1f} ms (median of {args.runs})")
-    print(f"inside capture(...) : {t_rec * 1e3:8.1f} ms (median of {args.runs})")
-    print(f"ratio capture / plain: {t_rec / t_plain:.3f}")
+    print(f"recorded: {', '.join(f'{n} {k}' for k, n in r['records'].items())}; "
+          f"max |output difference| {r['max_difference']:.1e}")
+    print(f"plain forward      : {r['plain'] * 1e3:8.1f} ms (median of {args.runs})")
+    print(f"inside capture(...) : {r['capture'] * 1e3:8.1f} ms (median of {args.runs})")
+    print(f"ratio capture / plain: {r['ratio']:.3f}")
 
 
 if __name__ == "__main__":
