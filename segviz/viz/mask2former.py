@@ -52,7 +52,7 @@ def level_name(shape: tuple[int, int], image_hw: tuple[int, int]) -> str:
 @style.styled
 def query_predictions_figure(image, class_logits, mask_logits, class_names: Sequence[str], *,
                              title: str | None = None, columns: int = 8) -> Figure:
-    """One panel per object query: its mask σ(m_q) over the photo, titled with the class it
+    """One panel per object query: its mask σ(m_q) over the photo in grey, titled with the class it
     predicts and that class's probability. A query whose most likely class is "no object" (the
     last column of the logits) is drawn in grey with a grey title: it does not take part.
 
@@ -72,7 +72,7 @@ def query_predictions_figure(image, class_logits, mask_logits, class_names: Sequ
         raise ValueError(f"{n} queries in class_logits but {masks.shape[0]} masks")
     columns = max(1, min(columns, n))
     rows = -(-n // columns)
-    fig = style.figure(9.8, 9.8 / columns * rows * 1.18 + 0.4)
+    fig = style.figure(9.8, 9.8 / columns * rows * 1.3 + 0.4)
     axes = np.atleast_1d(fig.subplots(rows, columns)).reshape(-1)
     h, w = img.shape[:2]
     real = 0
@@ -84,12 +84,12 @@ def query_predictions_figure(image, class_logits, mask_logits, class_names: Sequ
         if empty:
             ax.imshow(img.mean(-1), cmap="gray", vmin=0, vmax=255 * 3, extent=(-0.5, w - 0.5, h - 0.5, -0.5))
             ax.imshow(m, cmap="Greys", vmin=0, vmax=1, alpha=0.35, extent=(-0.5, w - 0.5, h - 0.5, -0.5))
-            label, color = f"q{q}: none {probs[q, best]:.2f}", NO_OBJECT_GREY
+            label, color = f"q{q}\nno object {probs[q, best]:.2f}", NO_OBJECT_GREY
         else:
             real += 1
-            ax.imshow(img, extent=(-0.5, w - 0.5, h - 0.5, -0.5))
-            ax.imshow(m, cmap="viridis", vmin=0, vmax=1, alpha=0.65, extent=(-0.5, w - 0.5, h - 0.5, -0.5))
-            label, color = f"q{q}: {class_names[best]} {probs[q, best]:.2f}", "black"
+            ax.imshow(img.mean(-1), cmap="gray", vmin=0, vmax=255, extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+            ax.imshow(m, cmap="viridis", vmin=0, vmax=1, alpha=0.7, extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+            label, color = f"q{q}\n{class_names[best]} {probs[q, best]:.2f}", "black"
         ax.set_title(label, fontsize=style.SMALL, color=color)
         _clean(ax)
         if empty:
@@ -293,7 +293,7 @@ def masked_attention_layers_figure(image, records: Sequence[MaskedAttentionRecor
     for i, m in enumerate(mask_logits):
         ax = axes[0, i]
         p = _np(torch.as_tensor(m).float().sigmoid())
-        ax.imshow(img, extent=ext)
+        ax.imshow(img.mean(-1), cmap="gray", vmin=0, vmax=255, extent=ext)
         ax.imshow(p, cmap="viridis", vmin=0, vmax=1, alpha=0.6, extent=ext)
         ph, pw = p.shape
         yy, xx = np.mgrid[0:ph, 0:pw]
@@ -302,7 +302,6 @@ def masked_attention_layers_figure(image, records: Sequence[MaskedAttentionRecor
                        linewidths=1.5)
         ax.set_title(f"mask before layer {i}" if i < layers else "final mask", fontsize=style.SMALL)
         _clean(ax)
-    heat = None
     for i, record in enumerate(records):
         ax = axes[1, i]
         if head is None:
@@ -311,18 +310,20 @@ def masked_attention_layers_figure(image, records: Sequence[MaskedAttentionRecor
             amap = _np(record.map_for(int(query), head=head))
         blocked = _np(record.mask_for(int(query), head=0 if head is None else head))
         ax.imshow(img, extent=ext)
-        heat = ax.imshow(amap, cmap="magma", alpha=0.7, interpolation="nearest", extent=ext)
+        ax.imshow(amap, cmap="magma", alpha=0.75, interpolation="nearest", extent=ext, vmin=0,
+                  vmax=max(float(amap.max()), 1e-12))
         shade = np.zeros(blocked.shape + (4,), np.float32)
         shade[blocked > 0] = (0.55, 0.55, 0.55, 0.85)
         ax.imshow(shade, interpolation="nearest", extent=ext)
         kh, kw = record.k_hw
         open_ = int((blocked == 0).sum())
-        ax.set_title(f"layer {i} reads {level_name((kh, kw), (h, w))}\n{open_} of {kh * kw} pixels open",
+        ax.set_title(f"layer {i} reads {level_name((kh, kw), (h, w))}\n{open_} of {kh * kw} open, "
+                     f"peak {float(amap.max()):.2f}",
                      fontsize=style.SMALL)
         _clean(ax)
-    axes[1, layers].set_visible(False)
-    if heat is not None:
-        fig.colorbar(heat, ax=axes[1, layers - 1], shrink=0.8, label="attention")
+    axes[1, layers].axis("off")
+    axes[1, layers].text(0.05, 0.5, "bottom row:\nattention of the\nquery, black = 0,\nbright = the\npanel's peak;\ngrey = blocked",
+                         fontsize=style.SMALL, va="center", transform=axes[1, layers].transAxes)
     fig.suptitle((title + ": " if title else "") + f"query {query}, "
                  + ("mean of heads" if head is None else f"head {head}") + "; grey = blocked by the mask",
                  fontsize=style.NORMAL)
@@ -359,7 +360,7 @@ def uncertain_points_figure(image, mask_logits, points, uncertain: int, *, targe
     fig = style.figure(9.8, 9.8 / panels + 0.6)
     axes = fig.subplots(1, panels)
     p = 1 / (1 + np.exp(-logits))
-    axes[0].imshow(img, extent=ext)
+    axes[0].imshow(img.mean(-1), cmap="gray", vmin=0, vmax=255, extent=ext)
     im = axes[0].imshow(p, cmap="viridis", vmin=0, vmax=1, alpha=0.6, extent=ext)
     ph, pw = p.shape
     yy, xx = np.mgrid[0:ph, 0:pw]
