@@ -25,19 +25,20 @@
 # 1. the four-stage hierarchy (token grids at 1/4 … 1/32 over a photo) and which 4 tokens patch merging
 #    turns into one;
 # 2. window attention's cost against global attention, as a table, a plot, and checked by `segviz.flops`;
-# 3. the cyclic shift step by step on an 8×8 token map: the 9 regions, how rolling packs them into 4
-#    windows, each window's mask with its −100 entries, and a trained block where those entries give
-#    attention ≈ 1e-44;
+# 3. the cyclic shift step by step on an 8×8 token map with 4×4 windows (small enough to print): the 9
+#    regions, how rolling packs them into 4 windows, each window's mask with its −100 entries, and a
+#    trained block where those entries give attention ≈ 1e-44;
 # 4. the relative position bias: the (2M−1)² table, the M²×M² index, one head's bias;
 # 5. one query pixel through consecutive W-MSA / SW-MSA blocks: how far it reaches as depth grows, with
 #    and without the shift;
 # 6. an explorer widget: window size, shift on/off, block, head and query pixel.
 #
-# The maps come from `upernet-swin-nano` built with window M = 4 (its registered config has the paper's
-# M = 7, for 256 px Scenes images) under a small UperNet head, trained here for about half a minute on
-# the small synthetic Shapes set (64 px, 5 classes); the trainer caches its weights, so a second run
-# skips this. (This notebook trains instead of loading shipped weights because the Swin nano model has
-# no Scenes weights yet: its first training runs on Scenes did not get past predicting background.)
+# The maps come from `upernet-swin-nano`: a small Swin (C = 32, two blocks per stage) with the paper's
+# window M = 7 and shift s = 3, under a small UperNet head, trained on the synthetic Scenes set (256×256
+# images of discs, rings, rectangles, triangles and crosses). Its weights ship with segviz, so nothing
+# trains here. It is the weakest model in the kit: trained from scratch at 256 px it kept predicting
+# background for as long as this CPU could run it, so it was trained first at 128 px (cheap steps) and
+# then at 256 px starting from those weights; the card below lists the stages.
 
 # %%
 # %matplotlib inline
@@ -48,24 +49,42 @@ import torch
 
 import segviz
 from segviz import viz
-from segviz.data import Shapes, sample_image
+from segviz.data import SCENE_CLASSES, Scenes, sample_image
 from segviz.viz import swin as sviz
 from segviz.viz.swin_explorer import SwinExplorer, swin_records
 
 torch.manual_seed(0)
-photo = sample_image("astronaut", size=128)           # .array (128, 128, 3) uint8, .tensor (1, 3, 128, 128)
-model = segviz.create_model("upernet-swin-nano", window_size=4, num_classes=5)  # C = 32, depths 2-2-2-2, heads 1-2-4-8, M = 4
-result = segviz.train(model, Shapes(256, size=64, seed=0), steps=240, batch_size=16, lr=3e-3, progress=False)
-print(f"upernet-swin-nano: {segviz.count_params(model):,} parameters; "
-      f"validation mIoU on held-out Shapes: {result.val_miou:.2f}"
-      + (" (weights from the cache)" if result.from_cache else ""))
+photo = sample_image("astronaut", size=224)           # .array (224, 224, 3) uint8, .tensor (1, 3, 224, 224)
+model = segviz.create_model("upernet-swin-nano", weights="scenes").eval()
+# Swin: C = 32, depths (2, 2, 2, 2), heads (1, 2, 4, 8), window M = 7, shift 3; UperNet: 64 channels, 6 classes
+shipped = segviz.zoo.find("upernet-swin-nano", "scenes")   # its card: shipped.card
 
 # %% [markdown]
-# One recorded forward pass on a 128×128 photo: every one of the 8 blocks' window attention, and each
-# stage's output. Stage 1 is a 32×32 token map, cut into 8×8 windows of 4×4 tokens. Here is the punchline
-# first: in a **shifted** block (SW-MSA), the window of a query near the top-left corner (cyan +) is made
-# of four pieces at the four corners of the picture (cyan outlines): the shift wraps around the edges.
-# Sections 3 and 5 explain why, and why the model does not actually mix those pieces.
+# What the shipped weights' model card says (how they were trained, and their mIoU on held-out scenes),
+# and the model on one held-out scene (truth and prediction coloured over a pale copy of the scene, so
+# that the objects' own colours cannot pass for class colours):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(shipped.describe())
+
+# %%
+held_out = Scenes(100, 256, seed=0, split="val")      # the held-out scenes of the card's mIoU
+scene, truth = held_out[37]
+with torch.no_grad():
+    scene_logits = model(scene[None])
+pale = (0.3 * held_out.array(37).mean(-1, keepdims=True) + 0.7 * 255).astype("uint8").repeat(3, -1)
+viz.prediction_panels([(held_out.array(37), torch.zeros_like(truth), "held-out scene 37"),
+                       (pale, truth, "truth"), (pale, scene_logits, "prediction")], SCENE_CLASSES)
+
+# %% [markdown]
+# One recorded forward pass on a 224×224 photo (Swin's own input size, at which every stage holds a whole
+# number of windows; the model has no absolute positions, so it runs at any size): every one of the 8
+# blocks' window attention, and each stage's output. Stage 1 is a 56×56 token map, cut into 8×8 windows of
+# 7×7 tokens. Here is the punchline first: in a **shifted** block (SW-MSA), the window of a query near the
+# top-left corner (cyan +) is made of four pieces at the four corners of the picture (cyan outlines): the
+# shift wraps around the edges. Sections 3 and 5 explain why, and why the model does not actually mix
+# those pieces.
 
 # %%
 with torch.no_grad(), segviz.capture(model) as rec:
@@ -104,22 +123,26 @@ print("merged token (0, 0) of a 4x4 map is the concatenation of input tokens",
       sviz.merging_order(merge)[0, 0].tolist(), "(flat index y*4 + x)")
 
 # %% [markdown]
-# The token grids of `upernet-swin-nano` on the photo (white: one cell per token; cyan: the 4×4-token
-# windows attention stays inside). At 128×128 stage 1 holds 64 windows; stage 4 is a single one.
+# The token grids of `upernet-swin-nano` on the photo (white: one cell per token; cyan: the 7×7-token
+# windows attention stays inside). At 224×224 the maps are 56², 28², 14² and 7² tokens: 8×8, 4×4, 2×2
+# windows and a single one in stage 4, every map a whole number of windows (224 = 32·7, which is why Swin's
+# image size is 224). At other sizes each map is zero-padded right and bottom to a multiple of M: on the
+# 256×256 scenes the model was trained on, stage 1 is 64×64, padded to 70×70 (10×10 windows), and stage 4
+# is 8×8, padded to 14×14 (2×2 windows, mostly padding).
 
 # %%
 stages = {f"stage {i + 1}": rec.features[f"backbone.norms.{i}"] for i in range(4)}
-sviz.hierarchy_figure(photo.array, stages, window=4)
+sviz.hierarchy_figure(photo.array, stages, window=7)
 
 # %% [markdown]
-# Which four tokens become one: a zoom on the astronaut's cheek. Every stage-1 token has a role by its
+# Which four tokens become one: a zoom on the astronaut's eye. Every stage-1 token has a role by its
 # row and column parity; the 2×2 group in the white box becomes one stage-2 token whose 4C channels are
 # x0, x1, x2, x3 in that order. The middle panel is not drawn from the formula above: tokens carrying
 # their own index were passed through the trained model's `PatchMerging` and the concatenation was read
 # off its LayerNorm's input.
 
 # %%
-sviz.patch_merging_figure(photo.array, model.backbone.stages[1].downsample, at=(6, 14))
+sviz.patch_merging_figure(photo.array, model.backbone.stages[1].downsample, at=(10, 24))
 
 # %% [markdown]
 # ## 2. Window attention and its cost
@@ -188,9 +211,10 @@ sviz.window_cost_figure(dim=96, window=7)
 # $$\mathrm{Attention} = \mathrm{SoftMax}\big(QK^\top/\sqrt d + B + \mathrm{mask}\big)V,\qquad
 # \mathrm{mask}_{ij} = \begin{cases} 0 & \text{same region} \\ -100 & \text{otherwise.} \end{cases}$$
 #
-# The smallest case: an 8×8 token map, M = 4, s = 2. The mask comes from the model's own
-# `shifted_window_mask`; the regions below are read back from it (tokens the mask lets attend to each
-# other), numbered as the official code numbers them.
+# The smallest case, with a window smaller than the model's so that every matrix fits on the screen: an
+# 8×8 token map, M = 4, s = 2 (the model's M = 7, s = 3 on a 14×14 map works the same way, with 49×49
+# masks). The mask comes from the model's own `shifted_window_mask`; the regions below are read back from
+# it (tokens the mask lets attend to each other), numbered as the official code numbers them.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -223,17 +247,18 @@ sviz.cyclic_shift_figure(sample_image("astronaut", size=256).array, grid=8, wind
 sviz.window_masks_figure(grid=8, window=4, shift=2)
 
 # %% [markdown]
-# Does −100 really block? e^−100 ≈ 4·10⁻⁴⁴. The trained model on a 32×32 crop of the photo has exactly
-# this 8×8 stage-1 map; here is its SW-MSA block's attention in window 3, the one holding four regions.
-# On a linear scale the blocked pairs are 0; on a log scale they sit 40 orders of magnitude below the rest.
+# Does −100 really block? e^−100 ≈ 4·10⁻⁴⁴. The trained model, with its own M = 7 and s = 3, on the
+# photo shrunk to 56×56 has a 14×14 stage-1 map: the same 2×2 windows and 9 regions as above, with 7×7
+# tokens per window. Here is its SW-MSA block's attention in window 3, the one holding four regions. On a
+# linear scale the blocked pairs are 0; on a log scale they sit 40 orders of magnitude below the rest.
 
 # %%
-crop = sample_image("astronaut", size=32)
+crop = sample_image("astronaut", size=56)
 with torch.no_grad(), segviz.capture(model, kinds=["window_attention"]) as small:
     model(crop.tensor)
 sw = small.attention["backbone.stages.0.blocks.1.attn"]
 print("record:", sw.feature_hw, "map, window", sw.window, "shift", sw.shift, "probs", tuple(sw.probs.shape))
-blocked = shifted_window_mask(8, 8, 4, 2) < 0
+blocked = shifted_window_mask(14, 14, 7, 3) < 0
 print(f"largest weight between different regions: {sw.probs[0][blocked[:, None].expand_as(sw.probs[0])].max():.1e}")
 sviz.masked_attention_figure(sw, window_index=3)
 
@@ -252,11 +277,12 @@ sviz.masked_attention_figure(sw, window_index=3)
 from segviz.models.swin import relative_position_index
 
 attn = model.backbone.stages[0].blocks[0].attn
-index = relative_position_index(4)
+index = relative_position_index(7)
 print("table:", tuple(attn.relative_position_bias_table.shape), "= ((2M-1)², heads);  index:", tuple(index.shape),
       ";  B:", tuple(attn.relative_position_bias().shape), "= (heads, M², M²)")
-print("index, first 4 rows (query tokens (0,0) (0,1) (0,2) (0,3)):")
-print(index[:4].numpy())
+for q in (0, 24):                                       # query tokens (0, 0) and (3, 3), the window's centre
+    print(f"index row of query token {divmod(q, 7)}, laid out over the 7x7 key tokens:")
+    print(index[q].reshape(7, 7).numpy())
 
 # %% [markdown]
 # The trained stage-1 table (head 0), the index that spreads it over every (query, key) pair of a
@@ -281,7 +307,7 @@ sviz.relative_bias_figure(attn, head=0)
 # neighbouring windows; stage 2's larger windows carry it further.
 
 # %%
-QUERY = (30, 30)                                          # (y, x) pixel: the last token of a stage-1 window
+QUERY = (54, 54)                    # (y, x) pixel: the last token of a stage-1 and of a stage-2 window
 blocks = {f"stage {s + 1} · block {b + 1}": rec.attention[f"backbone.stages.{s}.blocks.{b}.attn"]
           for s in (0, 1) for b in (0, 1)}
 sviz.reach_figure(photo.array, blocks, QUERY)
@@ -292,16 +318,23 @@ sviz.reach_figure(photo.array, blocks, QUERY)
 
 # %%
 unshifted = swin_records(model, photo.tensor, shift=False)
-for label, reach in (("with the shift", sviz.attention_reach(list(blocks.values()), QUERY, (128, 128))),
-                     ("without", sviz.attention_reach([unshifted[k] for k in blocks], QUERY, (128, 128)))):
+sviz.reach_figure(photo.array, {k: unshifted[k] for k in blocks}, QUERY)
+
+# %% [markdown]
+# Counted: the stage-1 tokens whose weight in the query's reach is at least 1% of the peak, after blocks
+# 1 to 4 (one 7×7 window is 49 tokens; the whole 56×56 map is 3136).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for label, reach in (("with the shift", sviz.attention_reach(list(blocks.values()), QUERY, (224, 224))),
+                     ("without", sviz.attention_reach([unshifted[k] for k in blocks], QUERY, (224, 224)))):
     print(f"{label:15s} stage-1 tokens >= 1% of the peak after blocks 1..4:",
           [int((r >= 0.01 * r.max()).sum()) for r in reach])
-sviz.reach_figure(photo.array, {k: unshifted[k] for k in blocks}, QUERY)
 
 # %% [markdown]
 # ## 6. Explore
 #
-# Pick a window size (the trained M = 4, or a smaller one: a window m < M reads the central (2m−1)²
+# Pick a window size (the trained M = 7, or a smaller one: a window m < M reads the central (2m−1)²
 # offsets of the bias table, as the official classifier does when a map is smaller than its window), turn
 # the shift off, choose a block, a head and a query pixel. Left: that block's attention of the query;
 # right: the query's reach through all blocks up to it. Each (window, shift) setting runs the model once,

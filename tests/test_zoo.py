@@ -15,13 +15,11 @@ IDS = [f"{e.model}:{e.tag}" for e in ENTRIES]
 CARD_FIELDS = ("config", "params", "steps", "batch_size", "lr", "seed", "device", "wall_time_s", "command", "dataset")
 
 
-# -nano models without Scenes weights yet, and why. Three upernet-swin-nano runs on Scenes (256 px;
-# 500 steps of 8 at lr 1e-3, 900 of 4 at 2e-3, 400 of 8 at 1e-3) all stayed at predicting background
-# everywhere (held-out mIoU 0.148); see experiments/train_zoo.sh. Issue 9 owns it.
-# mask2former-nano (issue 10) was registered before a Scenes run at 256 px could finish on this
-# CPU; its issue owns shipping it. deeplabv3-nano (torchvision's DeepLabv3 head, no decoder) is
-# registered for its family's contract tests; notebook 05 uses only the trained v3+ nano model.
-NOT_YET = {"upernet-swin-nano", "mask2former-nano", "deeplabv3-nano"}
+# -nano models without Scenes weights yet, and why. mask2former-nano (issue 10) was registered before
+# a Scenes run at 256 px could finish on this CPU; its issue owns shipping it. deeplabv3-nano
+# (torchvision's DeepLabv3 head, no decoder) is registered for its family's contract tests; notebook 05
+# uses only the trained v3+ nano model.
+NOT_YET = {"mask2former-nano", "deeplabv3-nano"}
 
 
 def test_every_segmentation_nano_model_ships_weights():
