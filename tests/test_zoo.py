@@ -15,11 +15,9 @@ IDS = [f"{e.model}:{e.tag}" for e in ENTRIES]
 CARD_FIELDS = ("config", "params", "steps", "batch_size", "lr", "seed", "device", "wall_time_s", "command", "dataset")
 
 
-# -nano models without Scenes weights yet, and why. mask2former-nano (issue 10) was registered before
-# a Scenes run at 256 px could finish on this CPU; its issue owns shipping it. deeplabv3-nano
-# (torchvision's DeepLabv3 head, no decoder) is registered for its family's contract tests; notebook 05
-# uses only the trained v3+ nano model.
-NOT_YET = {"mask2former-nano", "deeplabv3-nano"}
+# -nano models without Scenes weights, and why: deeplabv3-nano (torchvision's DeepLabv3 head, no
+# decoder) is registered for its family's contract tests; notebook 05 uses only the trained v3+ model.
+NOT_YET = {"deeplabv3-nano"}
 
 
 def test_every_segmentation_nano_model_ships_weights():
