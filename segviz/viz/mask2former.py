@@ -429,7 +429,7 @@ def training_figure(losses: Sequence[float], val_history: Sequence[tuple[int, fl
         twin.plot(v[:, 0], v[:, 1], "o-", color="#e65100", label="held-out mIoU")
         twin.set_ylabel("held-out mIoU", color="#e65100")
         twin.tick_params(axis="y", colors="#e65100")
-        twin.legend(loc="center right", fontsize=style.SMALL)
+        twin.legend(loc="lower right", fontsize=style.SMALL)
     ax.legend(loc="upper right", fontsize=style.SMALL)
     ax.set_title("training", fontsize=style.SMALL)
     if layer_losses:
