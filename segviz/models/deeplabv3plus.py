@@ -89,7 +89,7 @@ from torch import Tensor, nn
 
 from segviz.models.resnet import ResNet, replace_stride_with_dilation
 from segviz.nn.checks import check_bool, check_int, check_int_list, check_positive, check_probability
-from segviz.nn.contract import SegmentationModel, upsample_logits
+from segviz.nn.contract import AuxiliaryHeadModel
 from segviz.nn.layers import ConvBNReLU
 from segviz.registry import register
 from segviz.weights import fill_num_batches_tracked, rename_keys
@@ -237,7 +237,7 @@ def init_head(m: nn.Module) -> None:
 # ----------------------------------------------------------------------------------------
 # 5. The models
 # ----------------------------------------------------------------------------------------
-class _DeepLab(SegmentationModel):
+class _DeepLab(AuxiliaryHeadModel):
     """What DeepLabv3 and DeepLabv3+ share: the atrous ResNet, ASPP, the optional auxiliary head,
     ``predict`` (bilinear to the input size) and ``loss``.
 
@@ -276,20 +276,6 @@ class _DeepLab(SegmentationModel):
         if self.training and self.aux_classifier is not None:
             return logits, self.aux_classifier(features[2])
         return logits
-
-    def predict(self, x: Tensor) -> Tensor:
-        """Main logits bilinearly upsampled to the input size: (B, num_classes, H, W)."""
-        self.check_input(x)
-        out = self(x)
-        return upsample_logits(out[0] if isinstance(out, tuple) else out, x.shape[-2:])
-
-    def loss(self, outputs: Tensor | tuple[Tensor, Tensor], target: Tensor) -> Tensor:
-        main, aux = outputs if isinstance(outputs, tuple) else (outputs, None)
-        size = target.shape[-2:]
-        loss = F.cross_entropy(upsample_logits(main, size), target, ignore_index=255)
-        if aux is not None:
-            loss = loss + self.aux_weight * F.cross_entropy(upsample_logits(aux, size), target, ignore_index=255)
-        return loss
 
 
 class DeepLabV3(_DeepLab):

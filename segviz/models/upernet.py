@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from segviz.models import swin
 from segviz.nn.checks import check_bool, check_int, check_int_list, check_positive, check_probability
-from segviz.nn.contract import SegmentationModel, upsample_logits
+from segviz.nn.contract import AuxiliaryHeadModel
 from segviz.nn.layers import ConvBNReLU
 from segviz.registry import register
 from segviz.weights import fill_num_batches_tracked, rename_keys
@@ -143,7 +143,7 @@ def init_mmseg(m: nn.Module) -> None:
 # ----------------------------------------------------------------------------------------
 # 3. The whole model
 # ----------------------------------------------------------------------------------------
-class UperNet(SegmentationModel):
+class UperNet(AuxiliaryHeadModel):
     """A backbone pyramid + :class:`UperNetHead` (+ :class:`FCNHead` for training).
 
     ``forward`` in eval mode: (B, 3, H, W) -> main logits (B, num_classes, ⌈H/4⌉, ⌈W/4⌉).
@@ -195,21 +195,6 @@ class UperNet(SegmentationModel):
             return logits, self.auxiliary_head(features[self.aux_stage - 1])
         return logits
 
-    def predict(self, x: Tensor) -> Tensor:
-        """Main logits bilinearly upsampled to the input size: (B, num_classes, H, W)."""
-        self.check_input(x)
-        out = self(x)
-        return upsample_logits(out[0] if isinstance(out, tuple) else out, x.shape[-2:])
-
-    def loss(self, outputs: Tensor | tuple[Tensor, Tensor], target: Tensor) -> Tensor:
-        """Pixel cross-entropy of the main logits (+ ``aux_weight`` x that of the auxiliary
-        logits), both upsampled to the label size; label 255 is ignored (mmseg's convention)."""
-        main, aux = outputs if isinstance(outputs, tuple) else (outputs, None)
-        size = target.shape[-2:]
-        loss = F.cross_entropy(upsample_logits(main, size), target, ignore_index=255)
-        if aux is not None:
-            loss = loss + self.aux_weight * F.cross_entropy(upsample_logits(aux, size), target, ignore_index=255)
-        return loss
 
 
 def upernet_swin(

@@ -8,7 +8,8 @@
 
 :class:`SegmentationModel` gives the shared parts: the input check and a ``predict`` that
 upsamples dense logits bilinearly. A model whose ``forward`` returns something else
-overrides ``predict``.
+overrides ``predict``. :class:`AuxiliaryHeadModel` adds the deep-supervision pattern of
+UperNet and torchvision's DeepLab (training mode returns ``(main, auxiliary)`` logits).
 """
 from __future__ import annotations
 
@@ -38,3 +39,30 @@ class SegmentationModel(nn.Module):
         """Semantic logits at the input resolution: (B, in_chans, H, W) -> (B, num_classes, H, W)."""
         self.check_input(x)
         return upsample_logits(self(x), x.shape[-2:])
+
+
+class AuxiliaryHeadModel(SegmentationModel):
+    """A dense model with an auxiliary (deep-supervision) head, as mmseg's UperNet and
+    torchvision's DeepLab have: in training mode ``forward`` returns ``(main, auxiliary)``
+    logits, in eval mode the main logits only. Subclasses set ``aux_weight``.
+
+        L = CE(Up(main), y) + aux_weight * CE(Up(auxiliary), y)      (label 255 ignored)
+    """
+
+    aux_weight: float
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Main logits bilinearly upsampled to the input size: (B, num_classes, H, W)."""
+        self.check_input(x)
+        out = self(x)
+        return upsample_logits(out[0] if isinstance(out, tuple) else out, x.shape[-2:])
+
+    def loss(self, outputs: Tensor | tuple[Tensor, Tensor], target: Tensor) -> Tensor:
+        """Pixel cross-entropy of the main logits (+ ``aux_weight`` x that of the auxiliary
+        logits), both upsampled to the label size; label 255 is ignored (mmseg's convention)."""
+        main, aux = outputs if isinstance(outputs, tuple) else (outputs, None)
+        size = target.shape[-2:]
+        loss = F.cross_entropy(upsample_logits(main, size), target, ignore_index=255)
+        if aux is not None:
+            loss = loss + self.aux_weight * F.cross_entropy(upsample_logits(aux, size), target, ignore_index=255)
+        return loss
