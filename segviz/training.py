@@ -1139,14 +1139,13 @@ def train_run(
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         torch.manual_seed(seed)
-        model = create_model(name, num_classes=num_classes, **overrides)
-        if init is not None:
-            try:
-                start = create_model(name, num_classes=num_classes, weights=str(init), **overrides)
-            except ValueError as err:
-                raise ValueError(f"init: {init} does not fit {name} with this config ({err})") from err
-            model.load_state_dict(start.state_dict())
-            del start
+        try:
+            model = create_model(name, num_classes=num_classes, weights=None if init is None else str(init),
+                                 **overrides)
+        except ValueError as err:
+            if init is None:
+                raise
+            raise ValueError(f"init: {init} does not fit {name} with this config ({err})") from err
         if world.rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             if force:
