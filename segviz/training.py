@@ -502,12 +502,16 @@ def sync_batchnorm(model: nn.Module, device) -> nn.Module:
 # --------------------------------------------------------------------------- the training loop
 @dataclasses.dataclass
 class _Progress:
-    """Where a run stands: steps done, one loss per step, [step, val mIoU] pairs, seconds spent."""
+    """Where a run stands: steps done, one loss per step, [step, val mIoU] pairs, seconds spent,
+    and the loss's own terms when the model reports them (``model.last_loss_terms``, e.g.
+    Mask2Former's class / mask / dice loss of every prediction): ``{"steps": [s, ...], name:
+    [mean over the steps since the previous entry, ...]}``, about 100 entries per run."""
 
     step: int = 0
     losses: list[float] = dataclasses.field(default_factory=list)
     val_history: list[list] = dataclasses.field(default_factory=list)
     elapsed: float = 0.0
+    terms: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -562,7 +566,8 @@ def _fit(model: nn.Module, dataset, *, steps: int, batch_size: int, lr: float, w
     if resume is not None:
         load_state_dict_strict(model, resume["model"], source="the checkpoint")
         state = _Progress(int(resume["step"]), [float(x) for x in resume["losses"]],
-                          [list(v) for v in resume["val_history"]], float(resume["elapsed"]))
+                          [list(v) for v in resume["val_history"]], float(resume["elapsed"]),
+                          {k: list(v) for k, v in (resume.get("terms") or {}).items()})
     forward = model
     if world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -608,7 +613,7 @@ def _fit(model: nn.Module, dataset, *, steps: int, batch_size: int, lr: float, w
         blob = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "step": state.step, "losses": state.losses,
-                "val_history": state.val_history, "elapsed": state.elapsed, "finished": final,
+                "val_history": state.val_history, "elapsed": state.elapsed, "terms": state.terms, "finished": final,
                 "rng": [{k: v.cpu() for k, v in r.items()} for r in rng], **checkpointer.extra}
         try:
             _atomic_write(checkpointer.path, lambda tmp: torch.save(blob, tmp))
@@ -626,6 +631,7 @@ def _fit(model: nn.Module, dataset, *, steps: int, batch_size: int, lr: float, w
     if state.val_history:
         postfix["val_mIoU"] = f"{state.val_history[-1][1]:.3f}"
     started = time.perf_counter() - state.elapsed
+    term_every, term_sums, term_count = max(1, steps // 100), {}, 0
     model.train()
     try:
         for images, labels in loader:
@@ -667,6 +673,16 @@ def _fit(model: nn.Module, dataset, *, steps: int, batch_size: int, lr: float, w
                 scheduler.step()
             state.step = step
             state.losses.append(value)
+            terms = getattr(model, "last_loss_terms", None)  # this rank's terms (rank 0's are logged)
+            if isinstance(terms, dict) and terms:
+                for k, v in terms.items():
+                    term_sums[k] = term_sums.get(k, 0.0) + float(v)
+                term_count += 1
+                if step % term_every == 0 or step == steps:
+                    state.terms.setdefault("steps", []).append(step)
+                    for k, v in term_sums.items():
+                        state.terms.setdefault(k, []).append(v / term_count)
+                    term_sums, term_count = {}, 0
             postfix["loss"] = f"{value:.3f}"
             if val is not None and rank == 0 and val_every and step % val_every == 0 and step < steps:
                 postfix["val_mIoU"] = f"{validate():.3f}"
@@ -940,6 +956,7 @@ def _model_card(name, model, recipe, segments, state: _Progress, val, command) -
         "val_history": state.val_history,
         "final_loss": state.losses[-1] if state.losses else None,
         "losses": state.losses,
+        **({"loss_terms": state.terms} if state.terms else {}),
         "segments": segments,
         "init": recipe.get("init"),
         "torch": torch.__version__, "segviz": version,
@@ -992,7 +1009,9 @@ def train_run(
     (what ``python -m segviz train NAME`` runs).
 
     **Data.** Training images come from ``Scenes(100_000, size, seed, split="train")`` in a
-    seeded order (a fresh permutation per pass); validation mIoU is measured on
+    seeded order (a fresh permutation per pass), with the targets the model asks for in its
+    ``train_target`` attribute (class maps unless it says ``"panoptic"``, as Mask2Former does:
+    one segment per object; the card's dataset entry names it); validation mIoU is measured on
     ``Scenes(val_size, size, seed=0, split="val")``, the same held-out images for every seed,
     every ``val_every`` steps and at the end, and shown next to the loss on the progress bar.
 
@@ -1089,7 +1108,8 @@ def train_run(
         raise ValueError(f"{name} is not a segmentation model (it has no predict(x) giving per-pixel logits; "
                          f"e.g. an ImageNet classifier); models that can be trained: {', '.join(segmentation_models())}")
     init_record = _init_record(init) if init is not None else None
-    train_set = Scenes(TRAIN_IMAGES, size, seed, split="train")
+    # a model may ask for other targets than class maps (Mask2Former: one segment per object)
+    train_set = Scenes(TRAIN_IMAGES, size, seed, split="train", target=getattr(probe, "train_target", "semantic"))
     val = Scenes(val_size, size, VAL_SEED, split="val") if val_size else None
     recipe = _plain({"model": name, "config": probe.segviz_config, "steps": steps, "batch_size": batch_size,
                      "size": size, "lr": lr, "weight_decay": weight_decay, "schedule": schedule,
@@ -1162,7 +1182,8 @@ def train_run(
         if saved is not None and saved.get("finished"):
             load_state_dict_strict(model, saved["model"], source=str(ckpt_path))
             model.eval()
-            state = _Progress(saved["step"], list(saved["losses"]), list(saved["val_history"]), saved["elapsed"])
+            state = _Progress(saved["step"], list(saved["losses"]), list(saved["val_history"]), saved["elapsed"],
+                              dict(saved.get("terms") or {}))
             segments.pop()  # nothing was trained now
             if world.rank == 0:
                 _say(f"{ckpt_path} holds a finished run; writing its final files")

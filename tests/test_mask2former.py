@@ -374,3 +374,60 @@ def test_resnet50_builder_params_and_gmacs():
     assert abs(counter.get_total_flops() / 2e9 - 71) < 1.0
     with pytest.raises(ValueError, match="layers"):
         m2f.mask2former_resnet(150, layers=(3, 4, 6))
+
+
+def test_panoptic_targets_give_one_segment_per_object_and_agree_with_scenes_instances():
+    from segviz.data import Scenes
+
+    data = Scenes(3, size=64, target="panoptic")
+    labels = torch.stack([data[i][1] for i in range(3)])
+    assert labels.shape == (3, 2, 64, 64) and labels.dtype == torch.int64
+    for (classes, masks), i in zip(m2f.panoptic_targets(labels), range(3)):
+        obj_classes, obj_masks = data.instances(i)  # the dataset's own list of visible objects
+        # background (class 0) first as one stuff segment, then every object in id order
+        assert classes[0] == 0 and torch.equal(classes[1:], obj_classes)
+        assert torch.equal(masks[1:], obj_masks)
+        assert (masks.sum(0) == 1).all()  # a partition of the image
+        assert torch.equal(classes[masks.long().argmax(0)], labels[i, 0])
+    # two objects of one class stay two targets (the semantic targets would merge them)
+    sem = torch.zeros(1, 8, 8, dtype=torch.int64)
+    inst = torch.zeros(1, 8, 8, dtype=torch.int64)
+    sem[0, :2, :2], inst[0, :2, :2] = 3, 1
+    sem[0, 5:, 5:], inst[0, 5:, 5:] = 3, 2
+    classes, masks = m2f.panoptic_targets(torch.stack([sem, inst], 1))[0]
+    assert classes.tolist() == [0, 3, 3] and masks.sum((1, 2)).tolist() == [64 - 4 - 9, 4, 9]
+    assert len(m2f.semantic_targets(sem)[0][0]) == 2
+    ignore = sem.clone()
+    ignore[0, 0, 0] = 255
+    classes, masks = m2f.panoptic_targets(torch.stack([ignore, inst], 1))[0]
+    assert not masks[:, 0, 0].any()
+    inst[0, 7, 0] = 2  # one object with pixels of two classes (3 and the background 0) is refused
+    with pytest.raises(ValueError, match="instance 2 covers pixels of classes"):
+        m2f.panoptic_targets(torch.stack([sem, inst], 1))
+
+
+def test_loss_reports_every_predictions_terms_and_refuses_other_target_shapes():
+    from segviz.data import Scenes
+
+    torch.manual_seed(0)
+    model = segviz.create_model("mask2former-nano").train()
+    assert model.train_target == "panoptic"
+    data = Scenes(2, size=64, target="panoptic")
+    images = torch.stack([data[i][0] for i in range(2)])
+    labels = torch.stack([data[i][1] for i in range(2)])
+    torch.manual_seed(1)
+    outputs = model(images)
+    total = model.loss(outputs, labels)
+    terms = model.last_loss_terms
+    layers = len(model.decoder.layers)
+    assert sorted(terms) == sorted(f"p{i}/{t}" for i in range(layers + 1) for t in ("class", "mask", "dice"))
+    # the weighted sum of the reported terms is the loss (class 2, mask 5, dice 5)
+    weighted = sum({"class": 2.0, "mask": 5.0, "dice": 5.0}[k.split("/")[1]] * v for k, v in terms.items())
+    assert weighted == pytest.approx(total.item(), rel=1e-5)
+    # p{L} is the final prediction: its class term is the class loss of pred_logits alone
+    torch.manual_seed(1)
+    _, per_layer = model.criterion([(outputs["pred_logits"], outputs["pred_masks"])],
+                                   m2f.panoptic_targets(labels))
+    assert terms[f"p{layers}/class"] == pytest.approx(per_layer[0]["class"].item(), rel=1e-6)
+    with pytest.raises(ValueError, match=r"\(B, H, W\) or class and instance-id maps \(B, 2, H, W\)"):
+        model.loss(outputs, labels[:, :1].repeat(1, 3, 1, 1))

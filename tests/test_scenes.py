@@ -181,3 +181,17 @@ def test_bad_index_and_frames():
     with pytest.raises(ValueError, match="frames must be an int >= 1"):
         scenes.clip(0, frames=0)
     assert scenes[-1][1].shape == (32, 32)
+
+
+def test_panoptic_target_stacks_the_class_map_over_the_instance_ids():
+    semantic, panoptic = Scenes(2, size=64), Scenes(2, size=64, target="panoptic")
+    for i in range(2):
+        image, label = panoptic[i]
+        assert torch.equal(image, semantic[i][0]) and label.shape == (2, 64, 64)
+        assert torch.equal(label[0], semantic[i][1])
+        assert np.array_equal(label[1].numpy(), panoptic.scene(i).instances)
+    # the semantic set keeps its old description (trainer cache keys), the panoptic one says so
+    assert "target" not in semantic.description() and panoptic.description()["target"] == "panoptic"
+    assert "target='panoptic'" in repr(panoptic)
+    with pytest.raises(ValueError, match="target must be one of"):
+        Scenes(2, target="instances")

@@ -365,3 +365,32 @@ def test_init_refuses_a_missing_file_and_weights_of_another_model(tmp_path, caps
     assert run(tmp_path / "eda", name="edaformer-nano", steps=1) == 0
     assert run(tmp_path / "b", "--init", tmp_path / "eda" / "edaformer-nano.safetensors", steps=1) == 2
     assert "does not fit segformer-nano" in capsys.readouterr().err
+
+
+def test_mask2former_trains_on_objects_and_its_card_keeps_every_predictions_loss_terms(tmp_path, monkeypatch):
+    name = "mask2former-nano"
+    args = ["--checkpoint-every", "2", "--warmup", "1"]
+    assert run(tmp_path / "one-go", *args, name=name, steps=4) == 0
+    card = card_of(tmp_path / "one-go", name)
+    assert card["dataset"]["train"]["target"] == "panoptic"  # what Mask2Former.train_target asks for
+    assert "target" not in card["dataset"]["val"]  # validation is mIoU on class maps
+    terms = card["loss_terms"]
+    layers = len(segviz.create_model(name).decoder.layers)
+    assert terms["steps"] == [1, 2, 3, 4]  # steps // 100 == 0: one entry per step
+    assert sorted(terms) == sorted(["steps"] + [f"p{i}/{t}" for i in range(layers + 1)
+                                                for t in ("class", "mask", "dice")])
+    weight = {"class": 2.0, "mask": 5.0, "dice": 5.0}
+    for step, loss in enumerate(card["losses"]):  # the logged loss is the weighted sum of the terms
+        assert sum(weight[k.split("/")[1]] * v[step] for k, v in terms.items() if k != "steps") == \
+            pytest.approx(loss, rel=1e-5)
+    # the terms survive a crash and --resume like the losses do
+    with monkeypatch.context() as patch:
+        crash_at_step(patch, 3)
+        with pytest.raises(Crash):
+            run(tmp_path / "resumed", *args, name=name, steps=4)
+    assert run(tmp_path / "resumed", *args, "--resume", name=name, steps=4) == 0
+    resumed = card_of(tmp_path / "resumed", name)
+    assert resumed["losses"] == card["losses"]
+    assert resumed["loss_terms"] == terms
+    # a model without its own terms writes no loss_terms
+    assert run(tmp_path / "plain", steps=2) == 0 and "loss_terms" not in card_of(tmp_path / "plain")

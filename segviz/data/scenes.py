@@ -44,6 +44,7 @@ from segviz.data.images import normalize
 
 SCENE_CLASSES = ("background", "disc", "ring", "rectangle", "triangle", "cross")
 SPLITS = ("train", "val")
+TARGETS = ("semantic", "panoptic")
 FILLS = ("flat", "gradient", "stripes", "checker")
 MIN_EXTENT, MAX_EXTENT = 0.06, 0.5          # object size as a fraction of the image side
 
@@ -113,7 +114,10 @@ class Scenes(Dataset):
     """``n`` synthetic scenes of ``size`` x ``size`` pixels (see the module docstring).
 
     ``dataset[i]`` -> ``(image, label)``: image (3, size, size) float32, ImageNet-normalised like
-    :func:`segviz.data.sample_image`; label (size, size) int64 in ``range(6)``. Also
+    :func:`segviz.data.sample_image`; label (size, size) int64 in ``range(6)``, or with
+    ``target="panoptic"`` (2, size, size) int64: the class map stacked over the instance-id map
+    (0 = background, k = ``objects[k - 1]``), which a set-prediction model such as Mask2Former
+    turns into one segment per object (:func:`segviz.models.mask2former.panoptic_targets`). Also
     ``dataset.scene(i)`` (image, semantic and instance maps, the objects), ``dataset.array(i)`` and
     ``dataset.label_array(i)`` for display, ``dataset.instances(i)`` for set prediction and
     ``dataset.clip(i, frames)`` for video.
@@ -125,29 +129,38 @@ class Scenes(Dataset):
         seed: non-negative int.
         split: ``"train"`` or ``"val"``; the two splits draw from different random streams, so
             ``Scenes(n, size, seed, "val")`` is held out from every training set of any seed.
+        target: ``"semantic"`` (default) or ``"panoptic"`` (see above); the images are the same.
     """
 
     classes = SCENE_CLASSES
     num_classes = len(SCENE_CLASSES)
 
-    def __init__(self, n: int, size: int = 256, seed: int = 0, split: str = "train"):
+    def __init__(self, n: int, size: int = 256, seed: int = 0, split: str = "train", target: str = "semantic"):
         self.n = _check_int("n", n, 1)
         self.size = _check_int("size", size, 32)
         self.seed = _check_int("seed", seed, 0)
         if split not in SPLITS:
             raise ValueError(f"Scenes: split must be one of {SPLITS}, got {split!r}")
         self.split = split
+        if target not in TARGETS:
+            raise ValueError(f"Scenes: target must be one of {TARGETS} ('semantic': the (H, W) class map; "
+                             f"'panoptic': (2, H, W), the class map over the instance-id map), got {target!r}")
+        self.target = target
         self._cache: dict[int, Scene] = {}
 
     def __len__(self) -> int:
         return self.n
 
     def __repr__(self) -> str:
-        return f"Scenes(n={self.n}, size={self.size}, seed={self.seed}, split={self.split!r})"
+        extra = f", target={self.target!r}" if self.target != "semantic" else ""
+        return f"Scenes(n={self.n}, size={self.size}, seed={self.seed}, split={self.split!r}{extra})"
 
     def description(self) -> dict:
         """What identifies this dataset's content (part of the trainer's cache key and model cards)."""
-        return {"class": type(self).__name__, "n": self.n, "size": self.size, "seed": self.seed, "split": self.split}
+        out = {"class": type(self).__name__, "n": self.n, "size": self.size, "seed": self.seed, "split": self.split}
+        if self.target != "semantic":  # the semantic sets keep the description (and cache keys) they always had
+            out["target"] = self.target
+        return out
 
     # ------------------------------------------------------------------ items
     def _index(self, i) -> int:
@@ -178,6 +191,8 @@ class Scenes(Dataset):
 
     def __getitem__(self, i) -> tuple[Tensor, Tensor]:
         scene = self.scene(i)
+        if self.target == "panoptic":  # what a set-prediction model trains on: every object its own segment
+            return normalize(scene.image), torch.from_numpy(np.stack([scene.semantic, scene.instances]))
         return normalize(scene.image), torch.from_numpy(scene.semantic.copy())
 
     def array(self, i: int) -> np.ndarray:

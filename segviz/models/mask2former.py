@@ -452,6 +452,37 @@ def semantic_targets(labels: Tensor, ignore_index: int = 255) -> list[tuple[Tens
     return out
 
 
+def panoptic_targets(labels: Tensor, ignore_index: int = 255) -> list[tuple[Tensor, Tensor]]:
+    """Set targets of class maps stacked over instance-id maps (B, 2, H, W): per image, one
+    segment per object (instance id k > 0, its class read from the class map) and, for the
+    pixels of no object (id 0), one segment per class present there (the "stuff", here the
+    background). This is Mask2Former's panoptic / instance training data
+    (``COCOPanopticNewBaselineDatasetMapper``): two objects of one class are two targets.
+    ``ignore_index`` pixels belong to no segment."""
+    out = []
+    for semantic, instances in labels:
+        keep = semantic != ignore_index
+        classes, masks = [], []
+        stuff = (instances == 0) & keep
+        for c in semantic[stuff].unique():
+            classes.append(c)
+            masks.append(stuff & (semantic == c))
+        for k in instances[(instances > 0) & keep].unique():
+            mask = (instances == k) & keep
+            values = semantic[mask].unique()
+            if len(values) != 1:
+                raise ValueError(f"instance {int(k)} covers pixels of classes {values.tolist()}; "
+                                 f"every object must have one class")
+            classes.append(values[0])
+            masks.append(mask)
+        if not masks:
+            out.append((torch.zeros(0, dtype=torch.int64, device=labels.device),
+                        torch.zeros(0, *labels.shape[-2:], dtype=torch.bool, device=labels.device)))
+        else:
+            out.append((torch.stack(classes).long(), torch.stack(masks)))
+    return out
+
+
 class SetCriterion(nn.Module):
     """``SetCriterion``: Hungarian matching, then class cross-entropy (no-object weight 0.1) and
     point-sampled BCE and Dice on the matched masks, for the final prediction and every
@@ -522,10 +553,14 @@ class Mask2Former(SegmentationModel):
       — the model contract's dense output, as UperNet returns its main logits in eval mode;
     * :meth:`predict` is the paper's semantic inference at the input size (masks upsampled first);
     * :meth:`loss` is the set criterion; its target is a label map (B, H, W) (one segment per
-      class present) or, per image, (classes (T,), masks (T, H, W)) (``Scenes.instances``).
+      class present), class and instance-id maps (B, 2, H, W) (one segment per object,
+      ``Scenes(..., target="panoptic")``, what ``train_target`` asks the trainer for) or, per
+      image, (classes (T,), masks (T, H, W)) (``Scenes.instances``). It leaves every
+      prediction's unweighted terms in ``last_loss_terms``, which the trainer logs.
     """
 
     feature_modules = ("backbone.norms.*", "pixel_decoder", "decoder.heads")
+    train_target = "panoptic"  # the trainer feeds Scenes objects, not class maps (see loss)
 
     def __init__(self, backbone: nn.Module, num_classes: int = 150, hidden_dim: int = 256, mask_dim: int = 256,
                  num_queries: int = 100, heads: int = 8, enc_layers: int = 6, enc_ffn_dim: int = 1024,
@@ -578,13 +613,23 @@ class Mask2Former(SegmentationModel):
             got = f"a tensor of shape {tuple(outputs.shape)}" if isinstance(outputs, Tensor) else type(outputs).__name__
             raise ValueError(f"Mask2Former.loss needs the set predictions of forward_heads(x) (what forward returns "
                              f"in training mode), got {got}; call model.train() or use model.forward_heads(x)")
-        if isinstance(target, Tensor):
+        if isinstance(target, Tensor) and target.dim() == 4 and target.shape[1] == 2:
+            targets = panoptic_targets(target, self.ignore_index)
+        elif isinstance(target, Tensor) and target.dim() == 3:
             targets = semantic_targets(target, self.ignore_index)
+        elif isinstance(target, Tensor):
+            raise ValueError(f"Mask2Former.loss: a target tensor must be a class map (B, H, W) or class and "
+                             f"instance-id maps (B, 2, H, W), got shape {tuple(target.shape)}")
         else:
             targets = [(torch.as_tensor(c).long(), torch.as_tensor(m)) for c, m in target]
         preds = [(a["pred_logits"], a["pred_masks"]) for a in outputs["aux_outputs"]]
         preds.append((outputs["pred_logits"], outputs["pred_masks"]))
-        total, _ = self.criterion(preds, targets)
+        total, per_layer = self.criterion(preds, targets)
+        # for the training curves: every prediction's unweighted terms, p0 from the learnable queries
+        # (before the first layer), p{L} the final one (the criterion lists the final one first)
+        last = len(per_layer) - 1
+        self.last_loss_terms = {f"p{last if i == 0 else i - 1}/{term}": float(value.detach())
+                                for i, layer in enumerate(per_layer) for term, value in layer.items()}
         return total
 
 
