@@ -17,6 +17,7 @@ kind                 record                      what it holds
 ``window_attention`` :class:`WindowAttentionRecord` attention inside (shifted) windows (Swin)
 ``sampling``         :class:`SamplingRecord`     deformable attention: sampling locations and weights
 ``masked_attention`` :class:`MaskedAttentionRecord` query -> pixel attention with the mask used
+``deformed_grid``    :class:`DeformedGridRecord` DAT: attention over keys sampled on a deformed grid
 ``feature``          :class:`FeatureRecord`      a feature map
 ==================== =========================== ===============================================
 
@@ -335,6 +336,77 @@ class MaskedAttentionRecord:
         return mask[batch, head, int(query)].reshape(self.k_hw)
 
 
+# --------------------------------------------------------------------------- DAT's deformed key grid
+@dataclasses.dataclass
+class DeformedGridRecord:
+    """Deformable attention of DAT (Xia et al. 2022) of one call: every query of an (h, w) map
+    attends to the same Hk·Wk keys, sampled at a uniform reference grid moved by learned offsets
+    (one set of offsets per offset group; the heads of a group share its points).
+
+    probs: (B, heads, h·w, Hk·Wk); q_hw: (h, w); key_hw: (Hk, Wk);
+    reference: (Hk, Wk, 2), the uniform grid, (x, y) in [0, 1] of the map's extent (cell centres);
+    points: (B, groups, Hk, Wk, 2), the deformed points, (x, y) in [0, 1] (may leave [0, 1]:
+    a point outside the map reads zeros).
+    """
+
+    probs: Tensor
+    q_hw: tuple[int, int]
+    key_hw: tuple[int, int]
+    reference: Tensor
+    points: Tensor
+
+    def __post_init__(self):
+        self.q_hw, self.key_hw = _hw(self.q_hw, "q_hw"), _hw(self.key_hw, "key_hw")
+        nk = self.key_hw[0] * self.key_hw[1]
+        if self.probs.dim() != 4 or self.probs.shape[-2:] != (self.q_hw[0] * self.q_hw[1], nk):
+            raise ValueError(f"probs must be (B, heads, {self.q_hw[0] * self.q_hw[1]}, {nk}) for queries {self.q_hw} "
+                             f"and keys {self.key_hw}, got {tuple(self.probs.shape)}")
+        if self.points.dim() != 5 or tuple(self.points.shape[2:]) != (*self.key_hw, 2):
+            raise ValueError(f"points must be (B, groups, {self.key_hw[0]}, {self.key_hw[1]}, 2), "
+                             f"got {tuple(self.points.shape)}")
+        if tuple(self.reference.shape) != (*self.key_hw, 2):
+            raise ValueError(f"reference must be ({self.key_hw[0]}, {self.key_hw[1]}, 2), got {tuple(self.reference.shape)}")
+        if self.heads % self.groups:
+            raise ValueError(f"{self.heads} heads do not split into {self.groups} offset groups")
+
+    @property
+    def heads(self) -> int:
+        return int(self.probs.shape[1])
+
+    @property
+    def groups(self) -> int:
+        return int(self.points.shape[1])
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        """The query map, on which :meth:`map_for` spreads the weights."""
+        return self.q_hw
+
+    def query_token(self, pixel_yx, image_hw) -> tuple[int, int]:
+        return query_cell(pixel_yx, image_hw, self.q_hw)
+
+    def group_of(self, head: int) -> int:
+        _check_head(self.heads, head)
+        return head // (self.heads // self.groups)
+
+    def points_for(self, query_yx: tuple[int, int], head: int = 0, batch: int = 0) -> tuple[Tensor, Tensor]:
+        """(Hk·Wk, 2) deformed points (x, y) in [0, 1] that head ``head`` reads, and the query's
+        (Hk·Wk,) attention weights over them (summing to 1)."""
+        y, x = query_yx
+        h, w = self.q_hw
+        if not (0 <= y < h and 0 <= x < w):
+            raise ValueError(f"query {tuple(query_yx)} is outside the query grid {self.q_hw}")
+        points = self.points[batch, self.group_of(head)].reshape(-1, 2)
+        return points, self.probs[batch, head, y * w + x]
+
+    def map_for(self, query_yx: tuple[int, int], head: int = 0, batch: int = 0) -> Tensor:
+        """The query's attention as an (h, w) map: each key's weight spread bilinearly over the
+        four cells around its point (as ``grid_sample`` read it)."""
+        points, weights = self.points_for(query_yx, head, batch)
+        one = SamplingRecord(points[None, None, None, None], weights[None, None, None, None], [self.q_hw])
+        return one.map_for(0)
+
+
 # --------------------------------------------------------------------------- features
 @dataclasses.dataclass
 class FeatureRecord:
@@ -349,9 +421,10 @@ _KINDS: dict[str, type] = {
     "window_attention": WindowAttentionRecord,
     "sampling": SamplingRecord,
     "masked_attention": MaskedAttentionRecord,
+    "deformed_grid": DeformedGridRecord,
     "feature": FeatureRecord,
 }
-ATTENTION_KINDS = ("attention", "window_attention", "masked_attention")  # records holding probabilities
+ATTENTION_KINDS = ("attention", "window_attention", "masked_attention", "deformed_grid")  # records holding probabilities
 _FIELDS: dict[str, tuple[frozenset, frozenset]] = {}  # kind -> (all field names, required field names)
 _active: list[Any] = []  # Recorder objects, innermost last
 
