@@ -44,3 +44,38 @@ def sine_position_encoding(h: int, w: int, channels: int = 256, temperature: flo
     pe_y = encode(y)[:, None, :].expand(h, w, feats)
     pe_x = encode(x)[None, :, :].expand(h, w, feats)
     return torch.cat((pe_y, pe_x), dim=2).permute(2, 0, 1).unsqueeze(0)
+
+
+def sine_position_encoding_3d(t: int, h: int, w: int, channels: int = 256, temperature: float = 10000.0,
+                              normalize: bool = True, scale: float = 2 * math.pi, eps: float = 1e-6,
+                              device=None, dtype=torch.float32) -> Tensor:
+    """The (1, t, channels, h, w) sine encoding of a clip of t frames of (h, w) maps, as video
+    Mask2Former (``PositionEmbeddingSine3D``) builds it:
+
+        PE(τ, y, x) = [PE_y ; PE_x](y, x)  +  PE_t(τ)
+
+    The spatial part is exactly :func:`sine_position_encoding` (F = channels / 2 frequencies per
+    axis, y channels first), the same for every frame. The time part is *added* to all the
+    channels, not concatenated: the frame number τ = 1 .. t, normalised the same way
+    (τ̂ = τ / (t + ε) · 2π), is encoded with ``channels`` frequencies of its own,
+
+        ω'_i = T^(-2⌊i/2⌋ / channels)     PE_t[2k] = sin(τ̂ ω'_2k)   PE_t[2k+1] = cos(τ̂ ω'_2k+1)
+
+    so the frames of one clip get distinct encodings while a frame's spatial pattern is that of an
+    image. (With t = 1 the time part is one constant vector added to every pixel.)
+    Shapes: -> (1, t, channels, h, w), the layout (B, T, C, H, W) of the official code.
+    """
+    if channels < 2 or channels % 2:
+        raise ValueError(f"the 3-D sine position encoding needs an even number of channels >= 2, got {channels}")
+    for name, value in (("t", t), ("h", h), ("w", w)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"the 3-D sine position encoding needs a positive int {name}, got {value!r}")
+    spatial = sine_position_encoding(h, w, channels, temperature, normalize, scale, eps, device, dtype)
+    tau = torch.arange(1, t + 1, device=device, dtype=dtype)
+    if normalize:
+        tau = tau / (t + eps) * scale
+    i = torch.arange(channels, device=device).to(dtype)
+    omega = temperature ** (2 * torch.div(i, 2, rounding_mode="floor") / channels)
+    angles = tau[:, None] / omega
+    pe_t = torch.stack((angles[:, 0::2].sin(), angles[:, 1::2].cos()), dim=2).flatten(1)  # (t, channels)
+    return (spatial[:, None] + pe_t[None, :, :, None, None])
