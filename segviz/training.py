@@ -87,6 +87,67 @@ def miou(pred, target, num_classes: int, ignore_index: int | None = None) -> flo
     return iou_from_counts(*intersection_union(pred, target, num_classes, ignore_index))
 
 
+def panoptic_quality(predictions, targets, num_classes: int) -> dict:
+    """Panoptic quality (Kirillov et al., 2019) over a set of images.
+
+    A predicted segment p and a true segment g of the same class match when IoU(p, g) > 0.5 (at
+    most one match each, since segments do not overlap). Per class c, over all images,
+
+        PQ_c = Σ_{(p, g) ∈ TP_c} IoU(p, g) / (|TP_c| + ½|FP_c| + ½|FN_c|)  =  SQ_c · RQ_c,
+        SQ_c = mean IoU of the matches,   RQ_c = |TP_c| / (|TP_c| + ½|FP_c| + ½|FN_c|),
+
+    FP: unmatched predicted segments, FN: unmatched true ones. PQ, SQ and RQ are the means over
+    the classes with any segment (predicted or true), SQ_c counting 0 for a class with no match
+    (as the COCO panoptic API does).
+
+    predictions, targets: per image ``(classes (S,), masks (S, H, W) bool)`` (more entries, such
+    as scores, are ignored), e.g. ``Mask2Former.panoptic(x)`` and
+    :func:`segviz.models.mask2former.panoptic_targets`. Returns ``{"pq", "sq", "rq", "per_class":
+    {c: {"pq", "sq", "rq", "tp", "fp", "fn"}}}``.
+    """
+    predictions, targets = list(predictions), list(targets)
+    if len(predictions) != len(targets):
+        raise ValueError(f"panoptic_quality: {len(predictions)} predictions for {len(targets)} targets")
+    tp, fp, fn = (torch.zeros(num_classes, dtype=torch.int64) for _ in range(3))
+    iou_sum = torch.zeros(num_classes, dtype=torch.float64)
+    for i, (pred, target) in enumerate(zip(predictions, targets)):
+        (p_cls, p_masks), (t_cls, t_masks) = pred[:2], target[:2]
+        p_cls, t_cls = torch.as_tensor(p_cls).long().cpu(), torch.as_tensor(t_cls).long().cpu()
+        p_masks, t_masks = torch.as_tensor(p_masks).bool().cpu(), torch.as_tensor(t_masks).bool().cpu()
+        if p_masks.shape[1:] != t_masks.shape[1:] or len(p_cls) != len(p_masks) or len(t_cls) != len(t_masks):
+            raise ValueError(f"panoptic_quality: image {i} has {len(p_cls)} classes for masks {tuple(p_masks.shape)} "
+                             f"predicted and {len(t_cls)} for {tuple(t_masks.shape)} true; the masks must be "
+                             f"(S, H, W) with one class each, at the same size")
+        for name, cls in (("predicted", p_cls), ("true", t_cls)):
+            if len(cls) and (cls.min() < 0 or cls.max() >= num_classes):
+                raise ValueError(f"panoptic_quality: image {i} has a {name} class {cls.tolist()} outside [0, {num_classes})")
+        p_flat, t_flat = p_masks.flatten(1).double(), t_masks.flatten(1).double()
+        inter = p_flat @ t_flat.T
+        union = p_flat.sum(1)[:, None] + t_flat.sum(1)[None, :] - inter
+        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+        iou[p_cls[:, None] != t_cls[None, :]] = 0
+        matched = iou > 0.5
+        p_hit, t_hit = matched.any(1), matched.any(0)
+        for c in range(num_classes):
+            tp[c] += int(matched[p_cls == c].sum())
+            fp[c] += int((~p_hit[p_cls == c]).sum())
+            fn[c] += int((~t_hit[t_cls == c]).sum())
+        for pi, ti in matched.nonzero().tolist():
+            iou_sum[p_cls[pi]] += iou[pi, ti]
+    per_class, pqs, sqs, rqs = {}, [], [], []
+    for c in range(num_classes):
+        if tp[c] + fp[c] + fn[c] == 0:
+            continue
+        rq = float(tp[c]) / (float(tp[c]) + 0.5 * float(fp[c]) + 0.5 * float(fn[c]))
+        sq = float(iou_sum[c] / tp[c]) if tp[c] else 0.0
+        per_class[c] = {"pq": sq * rq, "sq": sq, "rq": rq, "tp": int(tp[c]), "fp": int(fp[c]), "fn": int(fn[c])}
+        pqs.append(sq * rq)
+        rqs.append(rq)
+        sqs.append(sq)
+    mean = (lambda v: sum(v) / len(v) if v else math.nan)
+    return {"pq": mean(pqs), "sq": mean(sqs), "rq": mean(rqs), "per_class": per_class}
+
+
 # --------------------------------------------------------------------------- trainer
 @dataclasses.dataclass
 class TrainResult:

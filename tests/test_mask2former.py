@@ -431,3 +431,38 @@ def test_loss_reports_every_predictions_terms_and_refuses_other_target_shapes():
     assert terms[f"p{layers}/class"] == pytest.approx(per_layer[0]["class"].item(), rel=1e-6)
     with pytest.raises(ValueError, match=r"\(B, H, W\) or class and instance-id maps \(B, 2, H, W\)"):
         model.loss(outputs, labels[:, :1].repeat(1, 3, 1, 1))
+
+
+def test_panoptic_inference_gives_disjoint_segments_and_merges_stuff():
+    torch.manual_seed(0)
+    model = segviz.create_model("mask2former-nano", num_classes=4).eval()
+    x = torch.randn(1, 3, 64, 64)
+    # hand-made predictions: query 0 and 1 are class 2 ("stuff" here) on two halves, query 2 is a
+    # thing (class 1) on a square, query 3 is confident "no object", query 4 is unsure
+    queries = model.decoder.query_feat.num_embeddings
+    classes = torch.full((1, queries, 5), -20.0)
+    classes[0, :, 4] = 20  # everything "no object" ...
+    for k, c in ((0, 2), (1, 2), (2, 1)):
+        classes[0, k, 4], classes[0, k, c] = -20, 20
+    classes[0, 4, 4], classes[0, 4, 1] = 0, 0.1  # best class 1 at p ~ 0.5 < 0.8: dropped
+    masks = torch.full((1, queries, 64, 64), -10.0)  # at the input size, so that no upsampling blurs the edges
+    masks[0, 0, :, :32] = 10
+    masks[0, 1, :, 32:] = 10
+    masks[0, 2, 16:32, 16:32] = 20  # on top of query 0's half, and more confident there
+    masks[0, 4] = 10
+    model.predictions = lambda x: [(classes, masks)]
+    (cls, segs, scores), = model.panoptic(x, stuff_classes=[2])
+    assert cls.tolist() == [2, 1] and segs.shape == (2, 64, 64) and (scores > 0.99).all()
+    assert not (segs[0] & segs[1]).any()  # disjoint
+    assert segs[1][16:32, 16:32].all() and segs[1].sum() == 16 * 16  # the square
+    assert segs[0].sum() == 64 * 64 - 16 * 16  # both halves merged into one stuff segment, minus the thing
+    (cls, segs, _), = model.panoptic(x)  # no stuff classes: the two halves stay two segments
+    assert cls.tolist() == [2, 2, 1]
+    masks[0, 2, 16:32, 8:32] = 20  # widen query 2's square to the left ...
+    masks[0, 0, 16:32, 8:16] = 30  # query 0 takes back a third of query 2's mask: 2/3 < 0.8, dropped
+    (cls, _, _), = model.panoptic(x)
+    assert cls.tolist() == [2, 2]
+    with pytest.raises(ValueError, match="stuff_classes"):
+        model.panoptic(x, stuff_classes=[7])
+    with pytest.raises(ValueError, match="object_threshold"):
+        model.panoptic(x, object_threshold=1.5)

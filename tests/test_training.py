@@ -619,3 +619,34 @@ def test_all_reduce_batchnorm_is_plain_batchnorm_in_one_process():
     torch.testing.assert_close(model(x), reference(x))  # training mode, no process group: plain BN
     for key, value in reference.state_dict().items():
         torch.testing.assert_close(model.state_dict()[key], value)
+
+
+def test_panoptic_quality_counts_matches_above_half_iou_per_class():
+    from segviz.training import panoptic_quality
+
+    def box(r0, r1, c0, c1, size=10):
+        m = torch.zeros(size, size, dtype=torch.bool)
+        m[r0:r1, c0:c1] = True
+        return m
+
+    truth = (torch.tensor([1, 1, 2]), torch.stack([box(0, 4, 0, 4), box(6, 10, 6, 10), box(0, 2, 6, 10)]))
+    perfect = panoptic_quality([truth], [truth], num_classes=3)
+    assert perfect["pq"] == perfect["sq"] == perfect["rq"] == 1.0 and set(perfect["per_class"]) == {1, 2}
+    # class 1: one object found with IoU 12/16 (a 4x3 box inside the 4x4 one), the other missed and a
+    # false one elsewhere; class 2: the right place but the wrong class (so an FN of 2 and an FP of 0)
+    pred = (torch.tensor([1, 1, 0]), torch.stack([box(0, 4, 0, 3), box(5, 6, 0, 10), box(0, 2, 6, 10)]))
+    result = panoptic_quality([pred], [truth], num_classes=3)
+    c1 = result["per_class"][1]
+    assert (c1["tp"], c1["fp"], c1["fn"]) == (1, 1, 1)
+    assert c1["sq"] == pytest.approx(12 / 16) and c1["rq"] == pytest.approx(1 / 2)
+    assert c1["pq"] == pytest.approx(12 / 16 / 2)
+    assert result["per_class"][2] == {"pq": 0.0, "sq": 0.0, "rq": 0.0, "tp": 0, "fp": 0, "fn": 1}
+    assert result["per_class"][0]["fp"] == 1
+    assert result["pq"] == pytest.approx((12 / 16 / 2 + 0 + 0) / 3)
+    # IoU exactly 0.5 is not a match (the rule is IoU > 0.5)
+    half = (torch.tensor([1]), box(0, 4, 0, 2)[None])
+    assert panoptic_quality([half], [(torch.tensor([1]), box(0, 4, 0, 4)[None])], 3)["per_class"][1]["tp"] == 0
+    with pytest.raises(ValueError, match="2 predictions for 1 targets"):
+        panoptic_quality([pred, pred], [truth], 3)
+    with pytest.raises(ValueError, match="outside"):
+        panoptic_quality([(torch.tensor([5]), box(0, 1, 0, 1)[None])], [truth], 3)

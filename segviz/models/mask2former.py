@@ -606,6 +606,55 @@ class Mask2Former(SegmentationModel):
         masks = F.interpolate(masks, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return semantic_inference(classes, masks)
 
+    @torch.no_grad()
+    def panoptic(self, x: Tensor, stuff_classes: Sequence[int] = (), object_threshold: float = 0.8,
+                 overlap_threshold: float = 0.8) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """The paper's panoptic inference at the input size, per image ``(classes (S,), masks (S, H, W)
+        bool, scores (S,))``: non-overlapping segments, in the order of their queries.
+
+        Query q's score is its largest class probability p_q = max_c softmax(class_q)[c]; queries
+        whose best class is "no object" or with p_q <= ``object_threshold`` are dropped. Every pixel
+        goes to the kept query with the largest p_q · σ(mask_q); a query keeps the pixels it won
+        where σ(mask_q) >= 0.5, and only if that is at least ``overlap_threshold`` of its own mask
+        (else it was mostly covered by others and is dropped). Segments of one ``stuff_classes``
+        class merge into one; every other class is a "thing" whose queries stay separate objects."""
+        for name, value in (("object_threshold", object_threshold), ("overlap_threshold", overlap_threshold)):
+            if not 0 <= value <= 1:
+                raise ValueError(f"Mask2Former.panoptic: {name} must be in [0, 1], got {value!r}")
+        stuff = {int(c) for c in stuff_classes}
+        if not stuff <= set(range(self.num_classes)):
+            raise ValueError(f"Mask2Former.panoptic: stuff_classes must be class indices in [0, {self.num_classes}), "
+                             f"got {sorted(stuff)}")
+        class_logits, mask_logits = self.predictions(x)[-1]
+        mask_logits = F.interpolate(mask_logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        out = []
+        for logits, masks in zip(class_logits, mask_logits):
+            scores, labels = logits.softmax(-1).max(-1)
+            keep = (labels != self.num_classes) & (scores > object_threshold)
+            scores, labels, probs = scores[keep], labels[keep], masks[keep].sigmoid()
+            owner = (scores[:, None, None] * probs).argmax(0) if len(scores) else None
+            classes, segments, kept_scores, stuff_slot = [], [], [], {}
+            for k in range(len(scores)):
+                own = probs[k] >= 0.5
+                mask = (owner == k) & own
+                area, won = int(own.sum()), int(mask.sum())
+                if won == 0 or int((owner == k).sum()) < overlap_threshold * area:
+                    continue
+                c = int(labels[k])
+                if c in stuff and c in stuff_slot:
+                    segments[stuff_slot[c]] |= mask
+                    continue
+                if c in stuff:
+                    stuff_slot[c] = len(segments)
+                classes.append(c)
+                segments.append(mask)
+                kept_scores.append(scores[k])
+            h, w = x.shape[-2:]
+            out.append((torch.as_tensor(classes, dtype=torch.int64, device=x.device),
+                        torch.stack(segments) if segments else torch.zeros(0, h, w, dtype=torch.bool, device=x.device),
+                        torch.stack(kept_scores) if kept_scores else torch.zeros(0, device=x.device)))
+        return out
+
     def loss(self, outputs: dict, target) -> Tensor:
         """The set criterion (weighted sum over all predictions). ``outputs`` as :meth:`forward_heads`
         returns them; ``target`` a label map (B, H, W) or per image (classes, masks)."""
