@@ -267,6 +267,8 @@ def _logits(model: nn.Module, images: Tensor, label_hw: tuple[int, int], predict
     something else, such as set predictions)."""
     use_predict = predict and callable(getattr(model, "predict", None))
     out = model.predict(images) if use_predict else model(images)
+    if isinstance(out, Tensor) and out.dim() == 5:  # a video model's per-frame logits (B, T, K, h, w)
+        out = out.flatten(0, 1)
     if not isinstance(out, Tensor) or out.dim() != 4:
         got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         call = "model.predict(x)" if use_predict else "model(x)"
@@ -288,6 +290,7 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 16, device=None) -> fl
     for start in range(0, len(dataset), batch_size):
         images, labels = _batch(dataset, torch.arange(start, min(start + batch_size, len(dataset))), device)
         logits = _logits(model, images, tuple(labels.shape[-2:]), predict=True)
+        labels = labels.reshape(-1, *labels.shape[-2:])  # clips (B, T, H, W): every frame an image
         i, u = intersection_union(logits.argmax(1), labels, logits.shape[1])
         inter, union = inter + i, union + u
     return iou_from_counts(inter, union)
@@ -1170,8 +1173,11 @@ def train_run(
                          f"e.g. an ImageNet classifier); models that can be trained: {', '.join(segmentation_models())}")
     init_record = _init_record(init) if init is not None else None
     # a model may ask for other targets than class maps (Mask2Former: one segment per object)
-    train_set = Scenes(TRAIN_IMAGES, size, seed, split="train", target=getattr(probe, "train_target", "semantic"))
-    val = Scenes(val_size, size, VAL_SEED, split="val") if val_size else None
+    # a video model asks for clips of train_frames frames (video Mask2Former); validation is per frame
+    frames = getattr(probe, "train_frames", None)
+    train_set = Scenes(TRAIN_IMAGES, size, seed, split="train", target=getattr(probe, "train_target", "semantic"),
+                       frames=frames)
+    val = Scenes(val_size, size, VAL_SEED, split="val", frames=frames) if val_size else None
     recipe = _plain({"model": name, "config": probe.segviz_config, "steps": steps, "batch_size": batch_size,
                      "size": size, "lr": lr, "weight_decay": weight_decay, "schedule": schedule,
                      "power": power, "warmup": warmup, "seed": seed, "dataset": train_set.description()})

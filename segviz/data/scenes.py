@@ -120,7 +120,9 @@ class Scenes(Dataset):
     turns into one segment per object (:func:`segviz.models.mask2former.panoptic_targets`). Also
     ``dataset.scene(i)`` (image, semantic and instance maps, the objects), ``dataset.array(i)`` and
     ``dataset.label_array(i)`` for display, ``dataset.instances(i)`` for set prediction and
-    ``dataset.clip(i, frames)`` for video.
+    ``dataset.clip(i, frames)`` for video. With ``frames=T`` every item is clip ``i`` instead
+    (what a video model trains on): image (T, 3, size, size) and label (T, size, size) or, panoptic,
+    (T, 2, size, size); the instance ids are the same in every frame.
 
     Args:
         n: number of images (>= 1). Items are generated when asked for, so a long training set
@@ -130,12 +132,14 @@ class Scenes(Dataset):
         split: ``"train"`` or ``"val"``; the two splits draw from different random streams, so
             ``Scenes(n, size, seed, "val")`` is held out from every training set of any seed.
         target: ``"semantic"`` (default) or ``"panoptic"`` (see above); the images are the same.
+        frames: None (default: images) or an int >= 1, the clip length of every item.
     """
 
     classes = SCENE_CLASSES
     num_classes = len(SCENE_CLASSES)
 
-    def __init__(self, n: int, size: int = 256, seed: int = 0, split: str = "train", target: str = "semantic"):
+    def __init__(self, n: int, size: int = 256, seed: int = 0, split: str = "train", target: str = "semantic",
+                 frames: int | None = None):
         self.n = _check_int("n", n, 1)
         self.size = _check_int("size", size, 32)
         self.seed = _check_int("seed", seed, 0)
@@ -146,6 +150,7 @@ class Scenes(Dataset):
             raise ValueError(f"Scenes: target must be one of {TARGETS} ('semantic': the (H, W) class map; "
                              f"'panoptic': (2, H, W), the class map over the instance-id map), got {target!r}")
         self.target = target
+        self.frames = None if frames is None else _check_int("frames", frames, 1)
         self._cache: dict[int, Scene] = {}
 
     def __len__(self) -> int:
@@ -153,6 +158,7 @@ class Scenes(Dataset):
 
     def __repr__(self) -> str:
         extra = f", target={self.target!r}" if self.target != "semantic" else ""
+        extra += f", frames={self.frames}" if self.frames is not None else ""
         return f"Scenes(n={self.n}, size={self.size}, seed={self.seed}, split={self.split!r}{extra})"
 
     def description(self) -> dict:
@@ -160,6 +166,8 @@ class Scenes(Dataset):
         out = {"class": type(self).__name__, "n": self.n, "size": self.size, "seed": self.seed, "split": self.split}
         if self.target != "semantic":  # the semantic sets keep the description (and cache keys) they always had
             out["target"] = self.target
+        if self.frames is not None:
+            out["frames"] = self.frames
         return out
 
     # ------------------------------------------------------------------ items
@@ -190,7 +198,12 @@ class Scenes(Dataset):
         return self._cache[i]
 
     def __getitem__(self, i) -> tuple[Tensor, Tensor]:
-        scene = self.scene(i)
+        if self.frames is not None:  # a clip: the frames' images and labels stacked
+            items = [self._item(scene) for scene in self.clip(i, self.frames)]
+            return torch.stack([image for image, _ in items]), torch.stack([label for _, label in items])
+        return self._item(self.scene(i))
+
+    def _item(self, scene: Scene) -> tuple[Tensor, Tensor]:
         if self.target == "panoptic":  # what a set-prediction model trains on: every object its own segment
             return normalize(scene.image), torch.from_numpy(np.stack([scene.semantic, scene.instances]))
         return normalize(scene.image), torch.from_numpy(scene.semantic.copy())
