@@ -69,3 +69,24 @@ def test_bad_shapes_raise_clear_errors():
         attention(q[0], k, v)
     with pytest.raises(ValueError, match="same length Nk"):
         attention(q, k, v[:, :, :3])
+
+
+def test_large_finite_negative_bias_gives_exact_zeros_and_the_same_output():
+    """Swin's -100 region mask: the explicit path flushes weights below e^-80 of their row's
+    largest to zero (float32 denormals otherwise); the output equals the fast path's."""
+    module = ToyAttention(dim=8, heads=2)
+    q, k, v = _qkv(b=2, h=2, nq=10, nk=7, d=4)
+    bias = torch.randn(1, 2, 10, 7)
+    bias[..., 4:] -= 100.0
+    fast = attention(q, k, v, bias=bias)
+    with capture(module) as rec:
+        recorded = attention(q, k, v, bias=bias, module=module, q_hw=(2, 5), k_hw=(1, 7))
+    assert (fast - recorded).abs().max() < 1e-5
+    probs = rec.attention[""].probs
+    assert torch.all(probs[..., 4:] == 0)
+    assert torch.all(probs[..., :4] > 0)
+    assert torch.allclose(probs.sum(-1), torch.ones(2, 2, 10), atol=1e-6)
+    logits = q @ k.transpose(-2, -1) / 2 + bias  # d = 4
+    expected = logits.softmax(-1)
+    assert (probs - expected).abs().max() < 1e-6
+    assert bool((expected[..., 4:] < 1e-30).all())  # what was flushed was below float32 resolution
