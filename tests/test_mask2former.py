@@ -466,3 +466,27 @@ def test_panoptic_inference_gives_disjoint_segments_and_merges_stuff():
         model.panoptic(x, stuff_classes=[7])
     with pytest.raises(ValueError, match="object_threshold"):
         model.panoptic(x, object_threshold=1.5)
+
+
+def _num_masks_on_rank(rank, port, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        out[rank] = float(m2f.average_num_masks([3.0, 8.0][rank]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_num_masks_is_averaged_over_processes():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    assert float(m2f.average_num_masks(5.0)) == 5.0 and float(m2f.average_num_masks(0.0)) == 1.0
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = mp.get_context("spawn").Manager().dict()
+    mp.spawn(_num_masks_on_rank, args=(port, out), nprocs=2, join=True)
+    assert dict(out) == {0: 5.5, 1: 5.5}  # both ranks divide by the mean of 3 and 8

@@ -483,6 +483,17 @@ def panoptic_targets(labels: Tensor, ignore_index: int = 255) -> list[tuple[Tens
     return out
 
 
+def average_num_masks(count: float, device=None) -> Tensor:
+    """The number of target masks the mask losses are divided by: this process's ``count``, or
+    under torch.distributed the mean over processes (the official criterion's all-reduce), so
+    that every process normalises by the same number; at least 1."""
+    num = torch.as_tensor(float(count), device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(num)
+        num = num / torch.distributed.get_world_size()
+    return num.clamp(min=1)
+
+
 class SetCriterion(nn.Module):
     """``SetCriterion``: Hungarian matching, then class cross-entropy (no-object weight 0.1) and
     point-sampled BCE and Dice on the matched masks, for the final prediction and every
@@ -529,8 +540,7 @@ class SetCriterion(nn.Module):
         """predictions: [(class logits, mask logits)] per layer, the final one last; targets:
         per image (classes (T,), masks (T, H, W)). Returns (the weighted total, the per-layer
         unweighted losses in the order the official code computes them: final, then layer 0, 1, ...)."""
-        num_masks = torch.as_tensor(float(sum(len(tc) for tc, _ in targets)),
-                                    device=predictions[-1][0].device).clamp(min=1)
+        num_masks = average_num_masks(float(sum(len(tc) for tc, _ in targets)), predictions[-1][0].device)
         order = [predictions[-1]] + list(predictions[:-1])
         per_layer = [self.layer_losses(c, m, targets, num_masks) for c, m in order]
         w_class, w_mask, w_dice = self.weights
