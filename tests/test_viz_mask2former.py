@@ -13,6 +13,7 @@ import segviz
 from segviz.data import SCENE_CLASSES
 from segviz.models import mask2former as M
 from segviz.viz import mask2former as mv
+from segviz.viz import style
 from segviz.viz.mask2former_explorer import SamplingExplorer, encoder_sampling_records
 
 S = 64
@@ -202,3 +203,44 @@ def test_sampling_explorer_redraws_from_the_cache(run, monkeypatch):
     assert data["image/png"]
     with pytest.raises(ValueError, match="differ"):
         SamplingExplorer(model, image[:32], x)
+
+
+def test_loss_terms_figure_draws_the_cards_terms_and_refuses_others():
+    steps = list(range(10, 110, 10))
+    terms = {"steps": steps}
+    for i in range(3):
+        for t in ("class", "mask", "dice"):
+            terms[f"p{i}/{t}"] = [1.0 / s + i for s in steps]
+    fig = mv.loss_terms_figure([5.0 - 0.01 * i for i in range(100)], [(50, 0.2), (100, 0.3)], terms)
+    left, mid, right = fig.axes[:3]
+    assert len(mid.lines) == 3 and len(right.lines) == 3  # 3 terms of the final prediction; 3 predictions
+    # the right panel's last line is the final prediction's weighted sum: (2 + 5 + 5) * (1/s + 2)
+    np.testing.assert_allclose(right.lines[-1].get_ydata(), [12 * (1.0 / s + 2) for s in steps])
+    np.testing.assert_allclose(mid.lines[0].get_ydata(), [2 * (1.0 / s + 2) for s in steps])
+    assert style.check(fig) == []
+    with pytest.raises(ValueError, match="loss_terms"):
+        mv.loss_terms_figure([1.0], [], {"p0/class": [1.0]})
+    with pytest.raises(ValueError, match="unknown entry"):
+        mv.loss_terms_figure([1.0], [], {"steps": [1], "p0/focal": [1.0]})
+    bad = dict(terms, **{"p0/mask": [1.0]})
+    with pytest.raises(ValueError, match="has 1 values for 10 steps"):
+        mv.loss_terms_figure([1.0], [], bad)
+
+
+def test_panoptic_figure_colours_every_object_and_names_stuff():
+    img = np.zeros((16, 16, 3), np.uint8)
+    masks = torch.zeros(3, 16, 16, dtype=torch.bool)
+    masks[0] = True
+    masks[1, :4, :4] = True
+    masks[2, 8:, 8:] = True
+    masks[0] &= ~(masks[1] | masks[2])
+    classes = torch.tensor([0, 2, 2])
+    fig = mv.panoptic_figure(img, (classes, masks), (classes[:2], masks[:2]), ["bg", "a", "b"], stuff_classes=[0])
+    left, right = fig.axes[:2]
+    assert left.get_title().endswith("3 segments") and right.get_title().endswith("2 segments")
+    shown = left.images[0].get_array()
+    # two objects of one class get two different colours; the stuff stays the (black) photo
+    assert not np.array_equal(shown[0, 0], shown[15, 15]) and (np.asarray(shown[0, 15]) == 0).all()
+    assert sorted(t.get_text() for t in left.texts) == ["b", "b", "bg"]
+    with pytest.raises(ValueError, match="at the image size"):
+        mv.panoptic_figure(img, (classes, masks[:, :8]), (classes, masks), ["bg", "a", "b"])

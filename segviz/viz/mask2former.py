@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -449,4 +450,132 @@ def training_figure(losses: Sequence[float], val_history: Sequence[tuple[int, fl
         ax.set_title("each prediction's loss (deep supervision)", fontsize=style.SMALL)
     if title:
         fig.suptitle(title, fontsize=style.NORMAL)
+    return fig
+
+
+def _term_curves(terms: Mapping[str, Sequence[float]]) -> tuple[np.ndarray, dict[int, dict[str, np.ndarray]]]:
+    """The card's ``loss_terms`` as (steps, {prediction index: {term: values}})."""
+    if "steps" not in terms:
+        raise ValueError("terms must be a card's loss_terms: {'steps': [...], 'p0/class': [...], ...}")
+    steps = np.asarray(terms["steps"], dtype=np.float64)
+    by_pred: dict[int, dict[str, np.ndarray]] = {}
+    for key, values in terms.items():
+        if key == "steps":
+            continue
+        pred, _, term = key.partition("/")
+        if not pred.startswith("p") or not pred[1:].isdigit() or term not in ("class", "mask", "dice"):
+            raise ValueError(f"terms: unknown entry {key!r}; allowed 'p<i>/class', 'p<i>/mask', 'p<i>/dice'")
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != steps.shape:
+            raise ValueError(f"terms: {key!r} has {len(values)} values for {len(steps)} steps")
+        by_pred.setdefault(int(pred[1:]), {})[term] = values
+    if not by_pred or any(set(t) != {"class", "mask", "dice"} for t in by_pred.values()):
+        raise ValueError("terms must hold class, mask and dice for every prediction")
+    return steps, dict(sorted(by_pred.items()))
+
+
+@style.styled
+def loss_terms_figure(losses: Sequence[float], val_history: Sequence[tuple[int, float]],
+                      terms: Mapping[str, Sequence[float]], *, weights: tuple[float, float, float] = (2.0, 5.0, 5.0),
+                      smooth: int = 25, title: str | None = None) -> Figure:
+    """Training curves from a model card: (left) the total loss and held-out mIoU; (middle) the
+    final prediction's matched losses, class / mask / Dice, weighted as in the total; (right) every
+    prediction's weighted loss (the learnable queries' p0, then after each decoder layer): the
+    auxiliary losses of deep supervision.
+
+    Args:
+        losses, val_history: the card's ``losses`` and ``val_history``.
+        terms: the card's ``loss_terms``, ``{"steps": [...], "p<i>/<term>": [...]}``, each value
+            the mean over the steps since the previous entry.
+    """
+    loss = np.asarray(losses, dtype=np.float64)
+    if loss.ndim != 1 or not len(loss):
+        raise ValueError("losses must be a non-empty sequence of numbers")
+    steps, by_pred = _term_curves(terms)
+    fig = style.figure(9.8, 3.4)
+    ax, mid, right = fig.subplots(1, 3)
+    x = np.arange(1, len(loss) + 1)
+    ax.plot(x, loss, color="#90caf9", lw=0.6, label="per step")
+    k = max(1, min(int(smooth), len(loss)))
+    ax.plot(x[k - 1:], np.convolve(loss, np.ones(k) / k, mode="valid"), color="#1565c0", lw=2, label=f"mean of {k}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("total loss (all predictions)")
+    ax.legend(loc="upper right", fontsize=style.SMALL)
+    if val_history:
+        v = np.asarray(val_history, dtype=np.float64)
+        twin = ax.twinx()
+        twin.plot(v[:, 0], v[:, 1], "o-", color="#e65100", ms=4)
+        twin.set_ylabel("held-out mIoU", color="#e65100")
+        twin.tick_params(axis="y", colors="#e65100")
+    ax.set_title("training loss, mIoU (orange)", fontsize=style.SMALL)
+    final = max(by_pred)
+    for (key, wt), color in zip(zip(("class", "mask", "dice"), weights), ("#8e24aa", "#43a047", "#fb8c00")):
+        mid.plot(steps, wt * by_pred[final][key], color=color, lw=1.5, label=f"{key} ×{wt:g}")
+    mid.set_xlabel("step")
+    mid.set_ylabel("weighted loss")
+    mid.set_ylim(bottom=0)
+    mid.legend(fontsize=style.SMALL, loc="upper right")
+    mid.set_title("final prediction: matched losses", fontsize=style.SMALL)
+    colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(by_pred)))
+    for (i, t), color in zip(by_pred.items(), colors):
+        total = sum(wt * t[key] for key, wt in zip(("class", "mask", "dice"), weights))
+        label = "learnable queries" if i == 0 else f"after layer {i - 1}"
+        right.plot(steps, total, color=color, lw=2.2 if i == final else 1.2, label=label)
+    right.set_xlabel("step")
+    right.set_ylabel("weighted loss")
+    right.set_ylim(bottom=0)
+    right.legend(fontsize=style.SMALL, loc="upper right", title="prediction", title_fontsize=style.SMALL)
+    right.set_title("every prediction (auxiliary losses)", fontsize=style.SMALL)
+    if title:
+        fig.suptitle(title, fontsize=style.NORMAL)
+    return fig
+
+
+def _segments_overlay(ax, img: np.ndarray, classes, masks, class_names: Sequence[str], stuff=(),
+                      alpha: float = 0.6) -> None:
+    """Each object segment in its own colour over the photo, outlined, its class written at its
+    centre; ``stuff`` classes are outlined and named but not filled."""
+    cmap = matplotlib.colormaps["tab10"]
+    out = np.asarray(img, dtype=np.float64) * (255.0 if np.asarray(img).dtype.kind == "f" else 1.0)
+    masks = _np(masks).astype(bool)
+    things = [k for k, c in enumerate(torch.as_tensor(classes).long().tolist()) if c not in stuff]
+    for n, k in enumerate(things):
+        color = np.asarray(cmap(n % 10)[:3]) * 255
+        out[masks[k]] = (1 - alpha) * out[masks[k]] + alpha * color
+    ax.imshow(out.astype(np.uint8))
+    for k, (c, mask) in enumerate(zip(torch.as_tensor(classes).long().tolist(), masks)):
+        if mask.any():
+            ax.contour(mask, levels=[0.5], colors="white", linewidths=0.8)
+            ys, xs = np.nonzero(mask)
+            iy = np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2)  # a pixel of the segment near its centre
+            ax.text(xs[iy], ys[iy], class_names[c], color="black", fontsize=style.SMALL, ha="center", va="center",
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
+    _clean(ax)
+
+
+@style.styled
+def panoptic_figure(image, truth: tuple, prediction: tuple, class_names: Sequence[str], *,
+                    stuff_classes: Sequence[int] = (), title: str | None = None) -> Figure:
+    """The objects of an image (left) and the segments of a panoptic prediction (right), one colour
+    per segment, so that two objects of one class show as two segments.
+
+    Args:
+        image: (H, W, 3) photo.
+        truth, prediction: ``(classes (S,), masks (S, H, W) bool)`` (more entries are ignored), e.g.
+            ``panoptic_targets(...)[0]`` and ``model.panoptic(x)[0]``.
+        stuff_classes: classes drawn as outlined regions without a colour (e.g. the background).
+    """
+    img = as_image(image)
+    for name, seg in (("truth", truth), ("prediction", prediction)):
+        classes, masks = seg[0], seg[1]
+        if len(classes) != len(masks) or (len(masks) and tuple(masks.shape[1:]) != img.shape[:2]):
+            raise ValueError(f"{name}: need (classes (S,), masks (S, H, W)) at the image size {img.shape[:2]}, "
+                             f"got {len(classes)} classes and masks {tuple(masks.shape)}")
+    fig = style.figure(8.0, 4.2)
+    axes = fig.subplots(1, 2)
+    for ax, (name, seg) in zip(axes, (("the objects (ground truth)", truth), ("panoptic prediction", prediction))):
+        _segments_overlay(ax, img, seg[0], seg[1], class_names, stuff=set(int(c) for c in stuff_classes))
+        ax.set_title(f"{name}: {len(seg[0])} segments", fontsize=style.NORMAL)
+    if title:
+        fig.suptitle(title, fontsize=style.LARGE)
     return fig
