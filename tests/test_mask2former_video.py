@@ -299,3 +299,22 @@ def test_bad_loss_inputs_and_config():
                 tiny(num_frames=bad)
     with pytest.raises(ValueError, match="equal height"):
         vid.frames_of(torch.zeros(7, 4), 3)
+
+
+def test_scenes_clip_items_for_the_trainer():
+    clips = segviz.data.Scenes(3, 48, seed=2, target="panoptic", frames=3)
+    images = segviz.data.Scenes(3, 48, seed=2, target="panoptic")
+    x, y = clips[1]
+    assert x.shape == (3, 3, 48, 48) and y.shape == (3, 2, 48, 48) and y.dtype == torch.int64
+    x0, y0 = images[1]
+    assert torch.equal(x[0], x0) and torch.equal(y[0], y0)             # frame 0 is the still scene
+    clip = images.clip(1, 3)
+    for t in range(3):
+        assert np.array_equal(y[t, 1].numpy(), clip[t].instances)
+    assert not torch.equal(x[0], x[2])                                   # the objects moved
+    assert clips.description()["frames"] == 3 and "frames" not in images.description()
+    semantic = segviz.data.Scenes(3, 48, seed=2, frames=2)[0][1]
+    assert semantic.shape == (2, 48, 48)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="frames"):
+            segviz.data.Scenes(3, 48, frames=bad)
