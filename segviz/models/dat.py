@@ -22,9 +22,9 @@ Deformable attention (paper eqs. 6-9), for a (h, w) map x of C channels, G offse
     z^(m) = softmax(q^(m) k̃^(m)ᵀ / sqrt(d) + φ(B̂; R)) ṽ^(m)     every query attends to the same Hk·Wk keys
     z = concat(z^(1..M)) W_o
 
-All coordinates are normalised to [-1, 1] over the map (s = ``offset_range_factor``, 2 in the
-paper's configs, so a point moves at most s/2 key-grid cells... in units of the key grid's
-normalised cell, 2/Hk: s = 2 allows one cell). The relative position bias B̂ is a
+All coordinates are normalised to [-1, 1] over the map; s = ``offset_range_factor`` (2 in the
+paper's configs) bounds Δp to s/Hk, and a key-grid cell is 2/Hk wide, so a point moves at most
+s/2 cells (one cell for s = 2) along each axis. The relative position bias B̂ is a
 (2h-1) x (2w-1) table per head; with continuous displacements R between each query and each
 sampled key it is read by bilinear interpolation, φ(B̂; R).
 
@@ -361,9 +361,16 @@ class DATClassifier(DAT):
 
     feature_modules = ("stages.*",)
 
-    def __init__(self, num_classes: int = 1000, **kwargs):
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3, embed_dims: Sequence[int] = (96, 192, 384, 768),
+                 num_heads: Sequence[int] = (3, 6, 12, 24),
+                 stage_spec: Sequence[str] = ("LS", "LS", "LDLDLD", "LD"), window_size: int = 7,
+                 groups: Sequence[int] = (1, 1, 3, 6), strides: Sequence[int] = (1, 1, 1, 1),
+                 offset_range_factor: Sequence[float] = (2.0, 2.0, 2.0, 2.0),
+                 kernel_sizes: Sequence[int] = KERNEL_SIZES, mlp_ratio: float = 4.0, drop_path_rate: float = 0.2,
+                 img_size: int = 224, patch_size: int = 4):
         checked = check_int("DATClassifier", "num_classes", num_classes)
-        super().__init__(**kwargs)
+        super().__init__(in_chans, embed_dims, num_heads, stage_spec, window_size, groups, strides,
+                         offset_range_factor, kernel_sizes, mlp_ratio, drop_path_rate, img_size, patch_size)
         self.num_classes = checked
         self.norm = nn.LayerNorm(self.embed_dims[-1])
         self.head = nn.Linear(self.embed_dims[-1], num_classes)
@@ -376,8 +383,15 @@ class DATClassifier(DAT):
 class DATBackbone(DAT):
     """The dense-prediction backbone: the hierarchy with a LayerNorm on each stage's output."""
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, in_chans: int = 3, embed_dims: Sequence[int] = (96, 192, 384, 768),
+                 num_heads: Sequence[int] = (3, 6, 12, 24),
+                 stage_spec: Sequence[str] = ("LS", "LS", "LDLDLD", "LD"), window_size: int = 7,
+                 groups: Sequence[int] = (1, 1, 3, 6), strides: Sequence[int] = (1, 1, 1, 1),
+                 offset_range_factor: Sequence[float] = (2.0, 2.0, 2.0, 2.0),
+                 kernel_sizes: Sequence[int] = KERNEL_SIZES, mlp_ratio: float = 4.0, drop_path_rate: float = 0.2,
+                 img_size: int = 224, patch_size: int = 4):
+        super().__init__(in_chans, embed_dims, num_heads, stage_spec, window_size, groups, strides,
+                         offset_range_factor, kernel_sizes, mlp_ratio, drop_path_rate, img_size, patch_size)
         self.norms = nn.ModuleList(swin.StageNorm(dim) for dim in self.embed_dims)
 
     def forward(self, x: Tensor) -> list[Tensor]:
@@ -385,12 +399,20 @@ class DATBackbone(DAT):
 
 
 def upernet_dat(num_classes: int = 150, channels: int = 512, aux_channels: int = 256, dropout: float = 0.1,
-                aux_weight: float = 0.4, in_chans: int = 3, **backbone) -> UperNet:
+                aux_weight: float = 0.4, in_chans: int = 3, embed_dims: Sequence[int] = (96, 192, 384, 768),
+                num_heads: Sequence[int] = (3, 6, 12, 24),
+                stage_spec: Sequence[str] = ("LS", "LS", "LDLDLD", "LD"), window_size: int = 7,
+                groups: Sequence[int] = (1, 1, 3, 6), strides: Sequence[int] = (1, 1, 1, 1),
+                offset_range_factor: Sequence[float] = (2.0, 2.0, 2.0, 2.0),
+                kernel_sizes: Sequence[int] = KERNEL_SIZES, mlp_ratio: float = 4.0, drop_path_rate: float = 0.2,
+                img_size: int = 224, patch_size: int = 4) -> UperNet:
     """UperNet (with the auxiliary FCN head on stage 3) on :class:`DATBackbone`, as the paper's
     ADE20K models."""
     check_int("UperNet", "num_classes", num_classes)
-    return UperNet(DATBackbone(in_chans=in_chans, **backbone), num_classes, channels, dropout=dropout,
-                   aux_channels=aux_channels, aux_weight=aux_weight, in_chans=in_chans)
+    backbone = DATBackbone(in_chans, embed_dims, num_heads, stage_spec, window_size, groups, strides,
+                           offset_range_factor, kernel_sizes, mlp_ratio, drop_path_rate, img_size, patch_size)
+    return UperNet(backbone, num_classes, channels, dropout=dropout, aux_channels=aux_channels, aux_weight=aux_weight,
+                   in_chans=in_chans)
 
 
 # ----------------------------------------------------------------------------------------
