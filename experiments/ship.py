@@ -48,7 +48,9 @@ def ship(run_dir: Path, tag: str, eval_n: int = 100) -> dict:
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in card["config"].items()}
     model = segviz.create_model(name, **config)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in read_state_dict(staging).items()})
-    held_out = Scenes(eval_n, size=card["dataset"]["train"]["size"], seed=0, split="val")
+    # a video model (train_frames = T) is measured per frame on held-out clips of T frames
+    held_out = Scenes(eval_n, size=card["dataset"]["train"]["size"], seed=0, split="val",
+                      frames=getattr(model, "train_frames", None))
     torch.manual_seed(0)
     card["shipped"] = {
         "tag": tag,
