@@ -318,3 +318,56 @@ def test_scenes_clip_items_for_the_trainer():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="frames"):
             segviz.data.Scenes(3, 48, frames=bad)
+
+
+# ---------------------------------------------------------------------------------------
+# Figures (segviz.viz.video)
+# ---------------------------------------------------------------------------------------
+def test_identity_rows_counts_consecutive_visible_frames():
+    from segviz.viz.video import identity_rows
+
+    a = np.array([[2, 2, 2, 2],      # kept: 3 same pairs
+                  [1, 1, 3, 3],      # 2 same of 3, not kept over the clip
+                  [0, -1, 0, -1],    # absent frames skipped: 1 pair, same
+                  [4, -1, -1, -1]])  # visible once: no pair, not an object of the measure
+    got = identity_rows([a])
+    assert got["pairs"] == 7 and got["same_query"] == pytest.approx(6 / 7)
+    assert got["objects"] == 3 and got["whole_clip"] == pytest.approx(2 / 3)
+
+
+def test_split_frames_inverts_the_stacked_key_grid():
+    from segviz.viz.video import split_frames
+
+    frames = torch.arange(3 * 4 * 5).reshape(3, 4, 5).float()
+    stacked = frames.reshape(12, 5)
+    assert np.array_equal(split_frames(stacked, 3), frames.numpy())
+    with pytest.raises(ValueError, match="not 5 frames"):
+        split_frames(stacked, 5)
+
+
+def test_figures_draw_and_refuse_mismatched_inputs():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from segviz.viz.video import tube_attention_figure, tube_figure
+
+    torch.manual_seed(0)
+    model = tiny(num_classes=6).eval()
+    scenes = segviz.data.Scenes(2, 64, seed=0, split="val", frames=3)
+    x, _ = scenes[0]
+    clip = np.stack([s.image for s in scenes.clip(0, 3)])
+    with segviz.capture(model) as rec:
+        cls, masks = model.predictions(x[None])[-1]
+    names = segviz.data.SCENE_CLASSES
+    fig = tube_figure(clip, cls[0], masks[0], names, instances=np.stack([s.instances for s in scenes.clip(0, 3)]),
+                      matches={1: 0, 2: 3}, queries=[0, 1, 3])
+    assert len(fig.axes) == 9
+    records = [r for n, r in rec.attention.items() if "cross_attn" in n]
+    fig = tube_attention_figure(clip, records, masks[0, 2], 2)
+    assert len(fig.axes) == 3 * 4
+    with pytest.raises(ValueError, match=r"\(Q, T=3, h, w\)"):
+        tube_figure(clip, cls[0], masks[0, :, :2], names)
+    with pytest.raises(ValueError, match="class names"):
+        tube_figure(clip, cls[0], masks[0], names[1:])
+    with pytest.raises(ValueError, match=r"\(T=3, h, w\) tube"):
+        tube_attention_figure(clip, records, masks[0], 2)
