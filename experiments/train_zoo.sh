@@ -68,5 +68,11 @@ case "${1:-all}" in
     run mask2former-nano panoptic-256 1 --init runs/mask2former-nano-panoptic-128/mask2former-nano.safetensors \
         --size 256 --steps 300 --batch-size 8 --lr 1e-3 --warmup 20 --schedule poly --val-every 150 --val-size 64 --no-progress
     ;;
-  *) echo "usage: $0 lane1|lane2|lane3|swin|mask2former"; exit 2 ;;
+  video)
+    # mask2former-video-nano (issue 11): clips of 4 frames at 128 px (Scenes frames=4, panoptic targets:
+    # one tube per object, the background one stuff tube), 4 clips = 16 frames a step, one stage.
+    run mask2former-video-nano scenes-128 0 --size 128 --steps 1500 --batch-size 4 --lr 1e-3 --warmup 50 \
+        --schedule poly --val-every 375 --val-size 32 --no-progress
+    ;;
+  *) echo "usage: $0 lane1|lane2|lane3|swin|mask2former|video"; exit 2 ;;
 esac
