@@ -1,16 +1,67 @@
 """Thin ipywidgets explorers: controls change a value, a pure ``segviz.viz`` function redraws.
 
 They redraw from records already captured: the model never runs again on an update.
+
+Every explorer sends its picture with :func:`show`: the pixels of ``style.png_bytes`` (the
+figure at :data:`~segviz.viz.style.EXPLORER_SCALE` x its dpi), produced with one render
+instead of ``savefig``'s two (with a layout engine, ``savefig`` first draws the whole figure
+once with drawing disabled, images resampled included, only to place the axes) and encoded by
+:func:`png_bytes` at zlib level 1. ``benchmarks/widget_latency.py`` times every explorer.
 """
 from __future__ import annotations
 
+import struct
+import zlib
 from collections.abc import Mapping
 
 import ipywidgets as widgets
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from segviz.viz import style
 from segviz.viz.arrays import as_image
 from segviz.viz.overlays import _check_record, attention_overlay
+
+
+def png_bytes(rgb: np.ndarray, level: int = 1) -> bytes:
+    """A PNG (8-bit RGB) of an (H, W, 3) uint8 array: unfiltered rows compressed at zlib
+    ``level`` (1: fastest). For an explorer's 2x figure this encodes about twice as fast as
+    Pillow's PNG writer at its fastest setting, for a somewhat larger file (which stays on
+    the local connection between kernel and browser)."""
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"need an (H, W, 3) uint8 array, got {rgb.dtype} {rgb.shape}")
+    h, w, _ = rgb.shape
+    rows = np.zeros((h, 3 * w + 1), np.uint8)  # each row: its filter type (0, none), then its pixels
+    rows[:, 1:] = rgb.reshape(h, 3 * w)
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits, truecolour, deflate, no filter, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), level))
+            + chunk(b"IEND", b""))
+
+
+def figure_rgb(fig: Figure, scale: float = style.EXPLORER_SCALE) -> np.ndarray:
+    """The figure rendered at ``scale`` x its dpi, (H, W, 3) uint8: the same pixels as
+    ``style.png_bytes(fig, scale)`` decodes to (an opaque figure), from one draw (the layout
+    engine runs inside it)."""
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    before = fig.dpi
+    fig.set_dpi(before * scale)
+    try:
+        canvas.draw()
+        return np.array(canvas.buffer_rgba())[..., :3]
+    finally:
+        fig.set_dpi(before)
+
+
+def show(image_widget, fig: Figure, scale: float = style.EXPLORER_SCALE) -> None:
+    """``style.show_png`` with the same picture, faster (see the module docstring)."""
+    image_widget.value = png_bytes(figure_rgb(fig, scale))
+    image_widget.width = str(style.display_width(fig))
 
 
 class AttentionExplorer:
@@ -55,7 +106,7 @@ class AttentionExplorer:
     def redraw(self) -> None:
         self.figure = attention_overlay(self.image, self.records[self.stage.value], (self.y.value, self.x.value),
                                         head=self.head.value, title=f"{self.stage.value}, head {self.head.value}")
-        style.show_png(self.view, self.figure)   # rendered at 2x, shown at 1x: sharp on a dense screen
+        show(self.view, self.figure)   # rendered at 2x, shown at 1x: sharp on a dense screen
 
     def _repr_mimebundle_(self, **kwargs):
         # the widget, and a picture of its current state for a reader without a kernel

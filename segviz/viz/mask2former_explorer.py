@@ -18,6 +18,7 @@ from segviz.inspect.capture import capture
 from segviz.nn.recording import SamplingRecord
 from segviz.viz import style
 from segviz.viz.arrays import as_image
+from segviz.viz.explorers import show
 from segviz.viz.mask2former import init_sampling_records, sampling_figure
 
 STATES = ("trained", "init", "both")
@@ -92,7 +93,7 @@ class SamplingExplorer:
         shown = {state: self.records(state)[name] for state in states}
         self.figure = sampling_figure(self.image, shown, (self.y.value, self.x_pixel.value), head=self.head.value,
                                       query_level=self.query_level.value, title=self.layer.value, panel=PANEL)
-        style.show_png(self.view, self.figure)
+        show(self.view, self.figure)
 
     def _repr_mimebundle_(self, **kwargs):
         return style.widget_bundle(self.widget, self.figure, **kwargs)

@@ -26,6 +26,7 @@ from segviz.models.swin import SwinStage
 from segviz.nn.recording import WindowAttentionRecord
 from segviz.viz import style
 from segviz.viz.arrays import as_image
+from segviz.viz.explorers import show
 from segviz.viz.overlays import draw_attention
 from segviz.viz.swin import _block_kind, _draw_reach, attention_reach, dense_attention
 
@@ -203,7 +204,7 @@ class SwinExplorer:
             note += " (not how it was trained)"
         self.figure = explorer_figure(self.image, records, self.block.value, (self.y.value, self.x_pixel.value),
                                       head=self.head.value, dense=dense, note=note)
-        style.show_png(self.view, self.figure)
+        show(self.view, self.figure)
 
     def _repr_mimebundle_(self, **kwargs):
         return style.widget_bundle(self.widget, self.figure, **kwargs)
