@@ -24,47 +24,8 @@ import torch
 
 import segviz
 from segviz.data import Scenes
-from segviz.models.mask2former import matching_cost, hungarian_match
-from segviz.models.mask2former_video import frame_assignments, video_targets
+from segviz.models.mask2former_video import tube_identity
 from segviz.training import evaluate
-from segviz.viz.video import identity_rows
-
-
-@torch.no_grad()
-def image_model_assignments(model, clip_images, classes, masks, num_points=4096):
-    """The frame-by-frame match of an image model run on each frame alone: (N, T), -1 if absent."""
-    t = clip_images.shape[0]
-    preds = model.predictions(clip_images)[-1]           # frames as a batch
-    out = torch.full((len(classes), t), -1, dtype=torch.int64)
-    for f in range(t):
-        present = masks[:, f].flatten(1).any(1).nonzero()[:, 0]
-        if len(present) == 0:
-            continue
-        cost = matching_cost(preds[0][f], preds[1][f], classes[present], masks[present, f], num_points)["total"]
-        rows, cols = hungarian_match(cost)
-        out[present[cols], f] = rows
-    return out
-
-
-@torch.no_grad()
-def identity(model, data: Scenes, image_model=None) -> dict:
-    video_rows, image_rows = [], []
-    panoptic = Scenes(data.n, data.size, data.seed, data.split, target="panoptic", frames=data.frames)
-    for i in range(len(panoptic)):
-        x, labels = panoptic[i]
-        (classes, masks), = video_targets(labels[None])
-        objects = classes.new_tensor([bool(((labels[:, 1] > 0) & m).any()) for m in masks]).bool()
-        classes, masks = classes[objects], masks[objects]
-        torch.manual_seed(i)
-        cls, tubes = model.predictions(x[None])[-1]
-        video_rows.append(frame_assignments(cls[0], tubes[0], classes, masks).numpy())
-        if image_model is not None:
-            torch.manual_seed(i)
-            image_rows.append(image_model_assignments(image_model, x, classes, masks).numpy())
-    out = {"video": identity_rows(video_rows)}
-    if image_model is not None:
-        out["image_model_per_frame"] = identity_rows(image_rows)
-    return out
 
 
 def main(argv=None) -> int:
@@ -84,7 +45,8 @@ def main(argv=None) -> int:
               "per_frame_miou": evaluate(model, data, batch_size=8, device="cpu")}
     frames = [(x[f], y[f]) for x, y in (data[i] for i in range(len(data))) for f in range(args.frames)]
     report["image_model_per_frame_miou"] = evaluate(image_model, frames, batch_size=16, device="cpu")
-    report.update(identity(model, data, image_model))
+    objects = Scenes(args.clips, args.size, seed=0, split="val", target="panoptic", frames=args.frames)
+    report.update(tube_identity(model, objects, image_model))
     print(json.dumps(report, indent=2))
     return 0
 

@@ -261,6 +261,23 @@ def test_frame_assignments_follow_one_query_when_the_tube_is_one_query():
     assert got.tolist() == [[2, 2, 2], [0, -1, 0]]
 
 
+def test_tube_identity_of_a_model_and_an_image_model_on_clips():
+    torch.manual_seed(0)
+    model = tiny(num_classes=6).eval()
+    image = m2f.mask2former_swin(num_classes=6, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4),
+                                 window_size=4, drop_path_rate=0.0, hidden_dim=32, mask_dim=32, num_queries=5,
+                                 heads=2, enc_layers=1, enc_ffn_dim=32, dec_layers=3, dec_ffn_dim=32, groups=8,
+                                 train_num_points=64).eval()
+    clips = segviz.data.Scenes(2, 64, seed=0, split="val", target="panoptic", frames=3)
+    got = vid.tube_identity(model, clips, image)
+    objects = sum(len({int(k) for k in clips[i][1][:, 1].unique() if k > 0}) for i in range(2))
+    for key in ("video", "image_model_per_frame"):
+        assert 0 < got[key]["objects"] <= objects and 0 <= got[key]["same_query"] <= 1
+    assert got == vid.tube_identity(model, clips, image)                      # repeatable
+    with pytest.raises(ValueError, match="target='panoptic'"):
+        vid.tube_identity(model, segviz.data.Scenes(2, 64, frames=3))
+
+
 # ---------------------------------------------------------------------------------------
 # Bad inputs
 # ---------------------------------------------------------------------------------------
@@ -323,14 +340,12 @@ def test_scenes_clip_items_for_the_trainer():
 # ---------------------------------------------------------------------------------------
 # Figures (segviz.viz.video)
 # ---------------------------------------------------------------------------------------
-def test_identity_rows_counts_consecutive_visible_frames():
-    from segviz.viz.video import identity_rows
-
+def test_identity_summary_counts_consecutive_visible_frames():
     a = np.array([[2, 2, 2, 2],      # kept: 3 same pairs
                   [1, 1, 3, 3],      # 2 same of 3, not kept over the clip
                   [0, -1, 0, -1],    # absent frames skipped: 1 pair, same
                   [4, -1, -1, -1]])  # visible once: no pair, not an object of the measure
-    got = identity_rows([a])
+    got = vid.identity_summary([a])
     assert got["pairs"] == 7 and got["same_query"] == pytest.approx(6 / 7)
     assert got["objects"] == 3 and got["whole_clip"] == pytest.approx(2 / 3)
 

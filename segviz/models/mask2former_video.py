@@ -45,6 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -279,6 +280,67 @@ def frame_assignments(class_logits: Tensor, mask_logits: Tensor, classes: Tensor
                                   masks[present, frame:frame + 1], num_points, weights)["total"]
         rows, cols = hungarian_match(cost)
         out[present[cols], frame] = rows
+    return out
+
+
+def identity_summary(assignments: Sequence) -> dict:
+    """Tube identity from per-frame matches (:func:`frame_assignments`,
+    one (N, T) array per clip, -1 where an object is absent): over every object and every pair of
+    consecutive frames in which it is visible, the fraction matched to the same query
+    (``same_query``), and the fraction of objects whose query never changes over the clip
+    (``whole_clip``, objects visible in >= 2 frames)."""
+    same = pairs = kept = objects = 0
+    for a in assignments:
+        a = np.asarray(a)
+        for row in a:
+            seen = row[row >= 0]
+            if len(seen) < 2:
+                continue
+            objects += 1
+            kept += int((seen == seen[0]).all())
+            same += int((seen[1:] == seen[:-1]).sum())
+            pairs += len(seen) - 1
+    return {"same_query": same / pairs if pairs else float("nan"), "pairs": pairs,
+            "whole_clip": kept / objects if objects else float("nan"), "objects": objects}
+
+
+@torch.no_grad()
+def _image_model_assignments(model: nn.Module, frames: Tensor, classes: Tensor, masks: Tensor,
+                             num_points: int = 4096) -> Tensor:
+    """:func:`frame_assignments` for an *image* Mask2Former run on each frame alone (frames (T, 3, H, W))."""
+    cls, mask_logits = model.predictions(frames)[-1]                    # the frames as a batch
+    out = torch.full((len(classes), frames.shape[0]), -1, dtype=torch.int64)
+    for f in range(frames.shape[0]):
+        out[:, f] = frame_assignments(cls[f], mask_logits[f][:, None], classes, masks[:, f:f + 1], num_points)[:, 0]
+    return out
+
+
+@torch.no_grad()
+def tube_identity(model: nn.Module, clips, image_model: nn.Module | None = None) -> dict:
+    """Do tubes keep identity? Over ``clips`` (items (x (T, 3, H, W), labels (T, 2, H, W)), e.g.
+    ``Scenes(n, size, split="val", target="panoptic", frames=T)``): the objects' tubes (the stuff
+    tubes left out) are matched to the video model's queries frame by frame (:func:`frame_assignments`)
+    and summarised by :func:`identity_summary`. With ``image_model`` (an image Mask2Former) the same
+    for it, run on the frames one at a time, as a reference. Clip i draws its points after
+    ``torch.manual_seed(i)``, so the result is repeatable. Returns {"video": ..., ["image_model_per_frame": ...]}."""
+    video_rows, image_rows = [], []
+    for i in range(len(clips)):
+        x, labels = clips[i]
+        if labels.dim() != 4 or labels.shape[1] != 2:
+            raise ValueError(f"tube_identity needs class and instance-id maps (T, 2, H, W) per clip, "
+                             f"got {tuple(labels.shape)}; use Scenes(..., target='panoptic', frames=T)")
+        (classes, masks), = video_targets(labels[None])
+        things = torch.tensor([bool(((labels[:, 1] > 0) & m).any()) for m in masks], dtype=torch.bool)
+        classes, masks = classes[things], masks[things]
+        torch.manual_seed(i)
+        cls, tubes = model.predictions(x[None])[-1]
+        video_rows.append(frame_assignments(cls[0], tubes[0], classes, masks).numpy())
+        if image_model is not None:
+            torch.manual_seed(i)
+            image_rows.append(_image_model_assignments(image_model, x, classes, masks).numpy())
+    out = {"video": identity_summary(video_rows)}
+    if image_model is not None:
+        out["image_model_per_frame"] = identity_summary(image_rows)
     return out
 
 

@@ -210,24 +210,3 @@ def tube_attention_figure(clip, records: Sequence[MaskedAttentionRecord], mask_l
                  + "\none colour scale per layer (black 0, bright = its peak), grey = blocked by the tube mask",
                  fontsize=style.NORMAL)
     return fig
-
-
-def identity_rows(assignments: Sequence) -> dict:
-    """Tube identity from per-frame matches (:func:`segviz.models.mask2former_video.frame_assignments`,
-    one (N, T) array per clip, -1 where an object is absent): over every object and every pair of
-    consecutive frames in which it is visible, the fraction matched to the same query
-    (``same_query``), and the fraction of objects whose query never changes over the clip
-    (``whole_clip``, objects visible in >= 2 frames)."""
-    same = pairs = kept = objects = 0
-    for a in assignments:
-        a = np.asarray(a)
-        for row in a:
-            seen = row[row >= 0]
-            if len(seen) < 2:
-                continue
-            objects += 1
-            kept += int((seen == seen[0]).all())
-            same += int((seen[1:] == seen[:-1]).sum())
-            pairs += len(seen) - 1
-    return {"same_query": same / pairs if pairs else float("nan"), "pairs": pairs,
-            "whole_clip": kept / objects if objects else float("nan"), "objects": objects}
