@@ -76,7 +76,7 @@ $(PARITY)/.installed: pyproject.toml
 	$(PARITY_BIN)/python -c "import torch, torchvision; torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)"
 	touch $@
 
-# Numerical parity with the reference implementations (torchvision's DeepLabv3 and ResNet).
+# Numerical parity with the reference implementations (torchvision's DeepLabv3, ResNet and ops.deform_conv2d).
 parity: $(PARITY)/.installed
 	$(PARITY_BIN)/python -m pytest -p no:cacheprovider tests_parity
 
