@@ -75,7 +75,7 @@ def _resize_probs(masks: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
 @style.styled
 def tube_figure(clip, class_logits, mask_logits, class_names: Sequence[str], *, instances=None,
                 matches: Mapping[int, int] | None = None, queries: Sequence[int] | None = None,
-                title: str | None = None) -> Figure:
+                stuff_classes: Sequence[int] = (), title: str | None = None) -> Figure:
     """The clip (top row), its objects (optional middle row, one colour per instance id, the same in
     every frame) and the model's tubes (bottom row): each shown query gets one colour, and a pixel
     of frame τ takes the colour of the query whose mask σ(M_q(τ)) is highest there (if above 0.5).
@@ -90,7 +90,9 @@ def tube_figure(clip, class_logits, mask_logits, class_names: Sequence[str], *, 
         matches: optional {instance id: query} (e.g. the tube matching of the clip): an object is then
             drawn in its query's colour (white when its query is not shown); without it, in colours
             of its own.
-        queries: the queries to show; default those predicting a real class.
+        queries: the queries to show; default those predicting a real class that is not one of
+            ``stuff_classes`` (e.g. the background, which would cover the picture) and that win at
+            least one pixel of some frame.
     """
     frames = _frames(clip)
     t = len(frames)
@@ -103,8 +105,17 @@ def tube_figure(clip, class_logits, mask_logits, class_names: Sequence[str], *, 
     if len(class_names) != probs_cls.shape[1] - 1:
         raise ValueError(f"{probs_cls.shape[1] - 1} classes in the logits (plus no-object) but "
                          f"{len(class_names)} class names")
-    queries = real_queries(class_logits) if queries is None else [int(q) for q in queries]
     h, w = frames[0].shape[:2]
+    if queries is None:
+        stuff = {int(c) for c in stuff_classes}
+        queries = [q for q in real_queries(probs_cls.log()) if int(probs_cls[q, :-1].argmax()) not in stuff]
+        if queries:  # keep the ones that win a pixel somewhere
+            probs = _resize_probs(logits[queries].sigmoid(), (h, w))
+            best, arg = probs.max(0)
+            won = set(arg[best > 0.5].unique().tolist())
+            queries = [q for j, q in enumerate(queries) if j in won]
+    else:
+        queries = [int(q) for q in queries]
     colors = tube_colors(max(1, len(queries)))
     probs = _resize_probs(logits[queries].sigmoid(), (h, w)) if queries else torch.zeros(0, t, h, w)
     rows = 3 if instances is not None else 2
