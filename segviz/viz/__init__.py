@@ -2,6 +2,10 @@
 
 Nothing here changes a model; widgets only call these functions again with new values.
 """
+from segviz.viz.compare import (
+    WithFallback, attention_distance_figure, cost_quality_figure, cost_quality_static, erf_grid_figure, heatmap_figure,
+    heatmap_static, query_row_figure,
+)
 from segviz.viz.data import plot_shapes  # noqa: F401
 from segviz.viz.deeplab import (
     DeepLabExplorer, aspp_windows_figure, atrous_taps_figure, erf_figure, gridding_counts, gridding_figure,
@@ -35,4 +39,6 @@ __all__ = [
     "table_html", "token_pyramid", "window_cost_figure", "window_cost_rows", "window_masks_figure",
     "init_sampling_records", "masked_attention_layers_figure", "matching_figure", "pixel_query_index",
     "query_predictions_figure", "sampling_figure", "training_figure", "uncertain_points_figure",
+    "WithFallback", "attention_distance_figure", "cost_quality_figure", "cost_quality_static", "erf_grid_figure",
+    "heatmap_figure", "heatmap_static", "query_row_figure",
 ]
