@@ -27,7 +27,7 @@ from matplotlib.patches import Rectangle
 
 from segviz.viz import style
 from segviz.viz.arrays import as_image, as_labels, as_plane
-from segviz.viz.explorers import show
+from segviz.viz.explorers import FigureSender
 from segviz.viz.overlays import class_colors
 
 BRANCH_COLORS = ("#1f77b4", "#2ca02c", "#ff7f0e", "#d62728", "#9467bd", "#8c564b")
@@ -432,6 +432,7 @@ class DeepLabExplorer:
         self.x = widgets.IntSlider(qx, min=0, max=w - 1, description="query x")
         self.view = widgets.Image(format="png")
         self.figure = None
+        self._sender = FigureSender()
         for control in [self.rate, self.output_stride, self.y, self.x, *self.branches.values()]:
             control.observe(lambda _change: self.redraw(), names="value")
         self.widget = widgets.VBox([
@@ -455,7 +456,7 @@ class DeepLabExplorer:
         title = "prediction, all branches on" if not off else f"prediction without {', '.join(off)}"
         self.figure = explorer_figure(self.image, self._cache[key], windows, query, self.rate.value, os_,
                                       self.class_names, title=title)
-        show(self.view, self.figure)
+        self._sender.show(self.view, self.figure)
 
     def _repr_mimebundle_(self, **kwargs):
         return style.widget_bundle(self.widget, self.figure, **kwargs)

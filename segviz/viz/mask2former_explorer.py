@@ -18,7 +18,7 @@ from segviz.inspect.capture import capture
 from segviz.nn.recording import SamplingRecord
 from segviz.viz import style
 from segviz.viz.arrays import as_image
-from segviz.viz.explorers import show
+from segviz.viz.explorers import FigureSender
 from segviz.viz.mask2former import init_sampling_records, sampling_figure
 
 STATES = ("trained", "init", "both")
@@ -72,6 +72,7 @@ class SamplingExplorer:
         self.x_pixel = widgets.IntSlider(qx, min=0, max=w - 1, description="query x")
         self.view = widgets.Image(format="png")
         self.figure = None
+        self._sender = FigureSender()
         for control in (self.layer, self.head, self.state, self.query_level, self.y, self.x_pixel):
             control.observe(lambda _change: self.redraw(), names="value")
         self.widget = widgets.VBox([widgets.HBox([self.layer, self.head, self.query_level]), self.state,
@@ -93,7 +94,7 @@ class SamplingExplorer:
         shown = {state: self.records(state)[name] for state in states}
         self.figure = sampling_figure(self.image, shown, (self.y.value, self.x_pixel.value), head=self.head.value,
                                       query_level=self.query_level.value, title=self.layer.value, panel=PANEL)
-        show(self.view, self.figure)
+        self._sender.show(self.view, self.figure)
 
     def _repr_mimebundle_(self, **kwargs):
         return style.widget_bundle(self.widget, self.figure, **kwargs)

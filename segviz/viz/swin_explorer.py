@@ -26,7 +26,7 @@ from segviz.models.swin import SwinStage
 from segviz.nn.recording import WindowAttentionRecord
 from segviz.viz import style
 from segviz.viz.arrays import as_image
-from segviz.viz.explorers import show
+from segviz.viz.explorers import FigureSender
 from segviz.viz.overlays import draw_attention
 from segviz.viz.swin import _block_kind, _draw_reach, attention_reach, dense_attention
 
@@ -172,6 +172,7 @@ class SwinExplorer:
         self.x_pixel = widgets.IntSlider(qx, min=0, max=w - 1, description="query x")
         self.view = widgets.Image(format="png")
         self.figure = None
+        self._sender = FigureSender()
         for control in (self.window, self.shift, self.block):
             control.observe(self._setting_changed, names="value")
         for control in (self.head, self.y, self.x_pixel):
@@ -204,7 +205,7 @@ class SwinExplorer:
             note += " (not how it was trained)"
         self.figure = explorer_figure(self.image, records, self.block.value, (self.y.value, self.x_pixel.value),
                                       head=self.head.value, dense=dense, note=note)
-        show(self.view, self.figure)
+        self._sender.show(self.view, self.figure)
 
     def _repr_mimebundle_(self, **kwargs):
         return style.widget_bundle(self.widget, self.figure, **kwargs)
