@@ -318,6 +318,23 @@ def test_bad_loss_inputs_and_config():
         vid.frames_of(torch.zeros(7, 4), 3)
 
 
+@torch.no_grad()
+def test_evaluate_scores_every_frame_of_every_clip():
+    from segviz.training import evaluate, intersection_union, iou_from_counts
+
+    torch.manual_seed(0)
+    model = tiny(num_classes=6).eval()
+    clips = segviz.data.Scenes(3, 64, seed=0, split="val", frames=2)
+    got = evaluate(model, clips, batch_size=2, device="cpu")
+    inter = union = 0
+    for i in range(3):
+        x, y = clips[i]
+        pred = model.predict(x[None])[0].argmax(1)                       # (T, H, W)
+        a, b = intersection_union(pred, y, 6)
+        inter, union = inter + a, union + b
+    assert got == pytest.approx(iou_from_counts(inter, union), abs=1e-6)
+
+
 def test_scenes_clip_items_for_the_trainer():
     clips = segviz.data.Scenes(3, 48, seed=2, target="panoptic", frames=3)
     images = segviz.data.Scenes(3, 48, seed=2, target="panoptic")
