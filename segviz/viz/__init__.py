@@ -7,6 +7,9 @@ from segviz.viz.compare import (
     heatmap_static, query_row_figure,
 )
 from segviz.viz.data import plot_shapes  # noqa: F401
+from segviz.viz.deformable_ways import (
+    DCNTaps, QueryLooksExplorer, dcn_taps, deformed_grid_figure, where_a_query_looks,
+)
 from segviz.viz.deeplab import (
     DeepLabExplorer, aspp_windows_figure, atrous_taps_figure, erf_figure, gridding_counts, gridding_figure,
     rf_growth_figure, spp_bins, spp_figure,
@@ -41,4 +44,5 @@ __all__ = [
     "query_predictions_figure", "sampling_figure", "training_figure", "uncertain_points_figure",
     "WithFallback", "attention_distance_figure", "cost_quality_figure", "cost_quality_static", "erf_grid_figure",
     "heatmap_figure", "heatmap_static", "query_row_figure",
+    "DCNTaps", "QueryLooksExplorer", "dcn_taps", "deformed_grid_figure", "where_a_query_looks",
 ]
