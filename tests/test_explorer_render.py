@@ -1,11 +1,18 @@
-"""The explorers' PNG path (segviz.viz.explorers): same pixels as style.png_bytes, faster."""
+"""What makes the explorers quick: the PNG path (segviz.viz.explorers), same pixels as
+style.png_bytes; the Swin explorer's window-wise attention operator, same products as the dense matrix."""
 import io
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
+
+from segviz.nn.recording import WindowAttentionRecord
 
 from segviz.viz import style
 from segviz.viz.explorers import FigureSender, figure_rgb, png_bytes
+from segviz.viz.swin import attention_reach, dense_attention
+from segviz.viz.swin_explorer import WindowOperator
 
 
 def _figure(photo, heat, title):
@@ -52,3 +59,19 @@ def test_sender_keeps_the_photo_and_draws_the_rest_over_it():
     other = sender.rgb(_figure(photo2, heat2, "another photo"))
     assert sender.renders["full"] == 2
     assert np.array_equal(other, _decoded(style.png_bytes(_figure(photo2, heat2, "another photo"))))
+
+
+@pytest.mark.parametrize("shift, hw", [(0, (10, 9)), (2, (10, 9)), (3, (14, 14))])
+def test_window_operator_acts_like_the_dense_matrix(shift, hw):
+    torch.manual_seed(0)
+    windows = -(-hw[0] // 7) * -(-hw[1] // 7)
+    record = WindowAttentionRecord(torch.rand(windows, 3, 49, 49).softmax(-1), 7, hw, shift)
+    op, dense = WindowOperator(record), dense_attention(record)
+    assert torch.equal(op.dense(), dense)
+    v = torch.rand(hw[0] * hw[1])
+    torch.testing.assert_close(v @ op, v @ dense, rtol=1e-5, atol=1e-6)
+    records = [WindowAttentionRecord(torch.rand(windows, 3, 49, 49).softmax(-1), 7, hw, s) for s in (0, 3)]
+    by_op = attention_reach(records, (5, 5), (40, 36), dense=[WindowOperator(r) for r in records])
+    by_dense = attention_reach(records, (5, 5), (40, 36))
+    for a, b in zip(by_op, by_dense):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from segviz.inspect.capture import capture
-from segviz.models.swin import SwinStage
+from segviz.models.swin import SwinStage, window_partition
 from segviz.nn.recording import WindowAttentionRecord
 from segviz.viz import style
 from segviz.viz.arrays import as_image
@@ -94,6 +94,41 @@ def swin_records(model: nn.Module, x: torch.Tensor, *, window: int | None = None
     return out
 
 
+class WindowOperator:
+    """A record's head-averaged window attention A, as :func:`dense_attention` gives it ((N, N)
+    over the unpadded map's tokens, shift undone), kept as its (nW, M², M²) windows: ``v @ op``
+    is ``v @ A`` computed window by window (the same sums, without the N² matrix, which at 224
+    px is 3136² floats per stage-1 block). ``op.float()`` is ``op``; ``op.dense()`` builds A.
+    What :func:`attention_reach` needs from its ``dense`` matrices."""
+
+    def __init__(self, record: WindowAttentionRecord, batch: int = 0):
+        self.record = record
+        hp, wp = record.padded_hw
+        h, w = record.feature_hw
+        self.probs = record.probs[batch].float().mean(1)                  # (nW, M², M²)
+        position = torch.arange(hp * wp).reshape(1, hp, wp, 1)
+        if record.shift:
+            position = torch.roll(position, shifts=(-record.shift, -record.shift), dims=(1, 2))
+        self.where = window_partition(position, record.window)[..., 0]   # (nW, M²) padded flat positions
+        keep = (torch.arange(hp)[:, None] < h) & (torch.arange(wp)[None, :] < w)
+        self.keep = keep.flatten().nonzero().squeeze(1)                   # unpadded token -> padded position
+        self.padded = hp * wp
+
+    def float(self) -> WindowOperator:
+        return self
+
+    def dense(self) -> torch.Tensor:
+        return dense_attention(self.record)
+
+    def __rmatmul__(self, v: torch.Tensor) -> torch.Tensor:
+        padded = v.new_zeros(self.padded)
+        padded[self.keep] = v
+        out = torch.bmm(padded[self.where].unsqueeze(1), self.probs).squeeze(1)  # (nW, M²)
+        result = v.new_zeros(self.padded)
+        result[self.where] = out
+        return result[self.keep]
+
+
 @style.styled
 def explorer_figure(image, records: Mapping[str, WindowAttentionRecord], block: str, query: tuple[int, int], *,
                     head: int = 0, dense: Sequence[torch.Tensor] | None = None, note: str = "") -> Figure:
@@ -105,7 +140,8 @@ def explorer_figure(image, records: Mapping[str, WindowAttentionRecord], block: 
     Args:
         records: every block's record in forward order (e.g. :func:`swin_records`).
         block: the key of the chosen block.
-        dense: the records' head-averaged :func:`dense_attention` matrices, when cached.
+        dense: the records' head-averaged :func:`dense_attention` matrices, or their
+            :class:`WindowOperator` objects, when cached.
         note: a line added to the title (e.g. the window setting).
     """
     if block not in records:
@@ -186,7 +222,7 @@ class SwinExplorer:
                self.shift.value if hasattr(self, "shift") else True)
         if key not in self._cache:
             records = swin_records(self.model, self.x, window=key[0], shift=key[1])
-            self._cache[key] = (records, [dense_attention(r) for r in records.values()])
+            self._cache[key] = (records, [WindowOperator(r) for r in records.values()])
         return self._cache[key]
 
     def _heads(self) -> int:
