@@ -1,0 +1,335 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Comparing the architectures: effective receptive fields, attention distance, cost against quality
+#
+# The earlier notebooks took one architecture at a time. This one puts the five trained nano models of
+# the kit side by side — **SegFormer**, **EDAFormer**, **Swin + UperNet**, **Mask2Former** (Swin backbone)
+# and **DeepLabv3+** — and asks the same questions of each.
+#
+# **What you will see:**
+# 1. the SegFormer paper's Figure 3 — effective receptive fields (ERF) per encoder stage and for the head,
+#    DeepLabv3+ against SegFormer — reproduced on the trained nano models, then the same for the others,
+#    and the same again at initialisation, to see what training changed;
+# 2. the mean attention distance of every head of every transformer layer (the ViT paper's plot);
+# 3. cost against quality: an interactive scatter of GMACs against held-out mIoU, and the published
+#    configurations' parameters and GMACs;
+# 4. one query pixel and where each model looks from it: reduced attention, a shifted window, deformable
+#    sampling points, a receptive field.
+#
+# The models are the `-nano` variants with the weights shipped in `segviz/zoo`, trained briefly on the
+# synthetic Scenes set (256 px, six classes); every number below comes from these small models, not from
+# the papers' large ones. Interactive charts are plotly, drawn by JupyterLab's plotly extension without
+# any network access; each also carries a static picture for readers of the saved file.
+
+# %%
+# %matplotlib inline
+# %config InlineBackend.figure_formats = ["jpeg"]  # figures as JPEG: keeps the saved notebook small
+import pathlib
+import time
+
+import torch
+
+import segviz
+from segviz.data import SCENE_CLASSES, Scenes
+from segviz.models import mask2former as m2f
+from segviz.viz import compare as cviz
+
+start_time = time.perf_counter()
+torch.manual_seed(0)
+NAMES = ["segformer-nano", "edaformer-nano", "upernet-swin-nano", "mask2former-nano", "deeplabv3plus-nano"]
+models = {name: segviz.create_model(name, weights="scenes").eval() for name in NAMES}
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for name in NAMES:
+    print(segviz.zoo.find(name, "scenes").describe())
+
+# %% [markdown]
+# ## 1. Effective receptive fields, stage by stage
+#
+# The **effective receptive field** (Luo et al. 2016) of a unit is the gradient of that unit with respect
+# to the input pixels: how much each pixel actually moves it. `segviz.erf(model, images, layer)` takes the
+# centre unit of `layer`'s output map, averages |gradient| over the images and divides by the maximum. The
+# SegFormer paper (Xie et al. 2021, Fig. 3) shows it for the four encoder stages and the decoder head of
+# DeepLabv3+ and SegFormer on Cityscapes, and reads it so: *DeepLabv3+'s ERF stays small even at stage 4;
+# SegFormer's early stages are local, like convolutions, its stage 4 is non-local, and its head adds
+# strong local attention on top of the non-local context.*
+#
+# Here: 20 held-out Scenes images at **128×128** (to keep the notebook fast: 25 gradients per model; the
+# models were trained at 256), stages 1–4 and the head (the model's semantic logits at the input size) of
+# every model. Under each panel, the *high-contribution area ratio*: the share of the image's pixels whose
+# contribution is at least 20% of the maximum.
+
+# %%
+# the module whose output is each stage's map; stages are measured on the sub-network that computes them
+# (the same gradients as through the whole model, without running the decoder), the head on the whole model
+STAGES = {
+    "segformer-nano": ("encoder", [f"stages.{i}" for i in range(4)]),
+    "edaformer-nano": ("encoder", [f"stages.{i}" for i in range(4)]),
+    "upernet-swin-nano": ("backbone", [f"norms.{i}" for i in range(4)]),
+    "mask2former-nano": ("backbone", [f"norms.{i}" for i in range(4)]),
+    "deeplabv3plus-nano": ("backbone", [f"layer{i}" for i in range(1, 5)]),
+}
+COLUMNS = ["stage 1", "stage 2", "stage 3", "stage 4", "head"]
+ERF_SIZE = 128
+erf_set = Scenes(20, ERF_SIZE, seed=0, split="val")
+erf_images = torch.stack([erf_set[i][0] for i in range(len(erf_set))])
+
+
+def erf_row(model, name):
+    part, layers = STAGES[name]
+    row = {col: segviz.erf(getattr(model, part), erf_images, layer) for col, layer in zip(COLUMNS, layers)}
+    row["head"] = segviz.erf(model, erf_images)  # the semantic logits (model.predict) at the centre pixel
+    return row
+
+
+ORDER = ["deeplabv3plus-nano", "segformer-nano", "edaformer-nano", "upernet-swin-nano", "mask2former-nano"]
+t0 = time.perf_counter()
+trained_erfs = {name: erf_row(models[name], name) for name in ORDER}
+erf_seconds = time.perf_counter() - t0
+fig = cviz.erf_grid_figure(trained_erfs, title=f"ERF of the trained nano models ({len(erf_set)} held-out "
+                                               f"{ERF_SIZE}-px scenes)")
+figures = pathlib.Path("figures")
+figures.mkdir(exist_ok=True)
+fig.savefig(figures / "07_erf_grid.png", dpi=fig.dpi, bbox_inches="tight")
+fig
+
+# %%
+def area_table(erfs, threshold=0.2):
+    print(f"share of the image at >= {threshold:g} x max (%)")
+    print(f"{'':<20}" + "".join(f"{c:>9}" for c in COLUMNS))
+    for name, row in erfs.items():
+        print(f"{name:<20}" + "".join(f"{100 * row[c].area[threshold]:>9.2f}" for c in COLUMNS))
+
+
+area_table(trained_erfs)
+
+# %% [markdown]
+# The paper's pair **at initialisation** (`create_model` without weights, seeded), on the same images.
+# (Add names to the list for the others; each costs about as much as its row above.)
+
+# %%
+init_erfs = {}
+for name in ["deeplabv3plus-nano", "segformer-nano"]:
+    torch.manual_seed(0)
+    init_erfs[name] = erf_row(segviz.create_model(name).eval(), name)
+cviz.erf_grid_figure(init_erfs, title="ERF at initialisation (seeded random weights, same images)")
+
+# %%
+area_table(init_erfs)
+
+# %% [markdown]
+# **What the figure shows, against the paper's reading.** Read the tables with the pictures; these are
+# nano models on 128-px Scenes, not the paper's B-sized models on 1024-px Cityscapes.
+#
+# * *Local early stages:* yes, for every model. Stage 1 covers about 1% of the image or less in all five,
+#   the transformers no more than DeepLabv3+: overlapping patch embedding (SegFormer, EDAFormer) and
+#   windows (Swin) keep stage 1 local, as the paper says of SegFormer.
+# * *A non-local stage 4 for SegFormer, a small one for DeepLabv3+:* yes. SegFormer's stage-4 field spreads
+#   over about half the image (EDAFormer's too), several times DeepLabv3+'s stage 4, which stays a blob
+#   around the centre inside its theoretical field.
+# * *SegFormer's head: strong local attention besides the non-local context:* yes in shape — its head field
+#   is much more concentrated than its stage 4 (the 1/4-resolution stage-1 path dominates a pixel's logits)
+#   with a faint tail over the whole image, where DeepLabv3+'s head stops at the edge of its field. By the
+#   20% area ratio alone the two heads are about the same size here; the paper's "larger ERF" shows in the
+#   tail, not in the core.
+# * *Swin* (UperNet, Mask2Former) is not in the paper's figure. At 128 px its stage-3 and stage-4 maps (8×8,
+#   4×4) are smaller than one 7×7 window plus padding, so the window geometry differs from the 256-px
+#   training; its trained fields are patchy (a 4×4 patch grid shows through) with a few strong pixels, which
+#   keeps the 20% ratio low although the contributions reach far (see the pictures).
+# * *What training changes:* at initialisation SegFormer's stage 4 is already broad (attention starts
+#   near uniform) and training widens it further; its head goes from a small square to a broader core with
+#   a tail. DeepLabv3+ changes least: its fields are set by its convolutions' geometry.
+
+# %% [markdown]
+# ## 2. Attention distance, layer by layer and head by head
+#
+# Dosovitskiy et al. (ViT) plot, for every head of every layer, the **mean attention distance**: the
+# distance in input pixels between a query and the keys it attends to, weighted by the attention,
+# averaged over queries and images — the transformer's analogue of a receptive-field size.
+# `segviz.attention_distance(records, image_size)` computes it for every record kind: global or reduced
+# attention (SegFormer, EDAFormer: keys on the shrunken grid, each at the centre of the patch it pools),
+# window attention (Swin, with the shift undone and the padding's queries left out) and deformable
+# sampling (Mask2Former's pixel decoder: each sampling point's distance from its query's reference point).
+# Object queries have no position and are left out.
+#
+# Four held-out scenes at 256 px (the training size); the dashed line is what a perfectly uniform attention
+# over the image would give.
+
+# %%
+AD_SIZE = 256
+ad_set = Scenes(4, AD_SIZE, seed=0, split="val")
+ad_images = torch.stack([ad_set[i][0] for i in range(len(ad_set))])
+records, distances = {}, {}
+for name in NAMES[:4]:
+    with torch.no_grad(), segviz.capture(models[name], kinds=["attention", "window_attention", "sampling"]) as rec:
+        models[name](ad_images)
+    records[name] = rec
+    distances[name] = segviz.attention_distance(rec, AD_SIZE)
+
+
+def short(layer):
+    parts = layer.replace("encoder.stages.", "s").replace("backbone.stages.", "s").replace(".blocks.", ".")
+    parts = parts.replace("decoder.stage", "dec").replace("pixel_decoder.encoder.", "msda").replace(".attn", "")
+    return parts.replace(".self_attn", "")
+
+
+cviz.attention_distance_figure(distances, AD_SIZE,
+                               layer_names={n: [short(k) for k in d] for n, d in distances.items()})
+
+# %%
+for name, layers in distances.items():
+    print(name)
+    for layer, d in layers.items():
+        print(f"  {layer:<36} {d.kind:<17} " + " ".join(f"{v:6.1f}" for v in d.per_head))
+
+# %% [markdown]
+# A mean distance near the dashed line does not by itself mean uniform attention: a head can look at a
+# few far-away keys. The normalised entropy of each query's attention (1 = uniform over the keys) tells
+# them apart:
+
+# %%
+for name in ["segformer-nano", "edaformer-nano"]:
+    for layer, record in list(records[name].attention.items())[:5]:
+        p = record.probs.double()
+        entropy = -(p * p.clamp_min(1e-12).log()).sum(-1).mean() / torch.log(torch.tensor(float(p.shape[-1])))
+        print(f"{name:<15} {layer:<32} {p.shape[-1]:3d} keys  entropy / log N = {entropy:.3f}")
+
+# %% [markdown]
+# **Reading it.** The window models behave as designed: each Swin stage doubles the distance (its window
+# covers twice the pixels), and the heads of a stage agree. SegFormer's and EDAFormer's reduced attention
+# sits on the dashed line in *every* stage: in the ViT paper's terms every head is "global" from the first
+# layer on. In SegFormer's first two stages the attention is also nearly uniform (entropy ≈ 1): those heads
+# mostly add an average of the image; by stage 4 it is far from uniform yet not local — it picks keys
+# anywhere. The locality these models have comes from elsewhere: the overlapping patch embedding and the
+# 3×3 depth-wise convolution in every Mix-FFN (which is why section 1 still finds local early stages).
+# Mask2Former's deformable layers look far at the coarse level and near at the fine one; the per-level
+# numbers come with the result (`per_level`, `level_weight`):
+
+# %%
+for layer, d in distances["mask2former-nano"].items():
+    if d.kind == "sampling":
+        print(layer)
+        for h in range(d.heads):
+            levels = ", ".join(f"{d.per_level[h, l]:5.1f} px (weight {d.level_weight[h, l]:.2f})"
+                               for l in range(d.per_level.shape[1]))
+            print(f"  head {h}: {levels}")
+
+# %% [markdown]
+# ## 3. Cost against quality
+#
+# `segviz.comparison_table(names)` counts the parameters, counts GMACs at 512×512 with `segviz.flops` (the
+# papers' "GFLOPs": one multiply-add is one MAC), times one forward pass on this machine's CPU (models run
+# interleaved in one process, so the load of other processes falls on all of them alike) and reads the
+# held-out mIoU from each model's card (100 held-out Scenes at 256 px, measured on the shipped weights).
+# Latency is measured once per model after one warm-up round here, to keep the notebook fast: it moves
+# with the machine's load, so compare ratios, not milliseconds.
+
+# %%
+nano_table = segviz.comparison_table(NAMES, input_size=512, runs=1, warmup=1)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(nano_table.text(latency=False))
+
+# %%
+for row in nano_table:
+    print(f"{row.model:<20} {1e3 * row.latency_s:8.0f} ms   ({row.latency_s / nano_table.row('segformer-nano').latency_s:.1f}x segformer-nano)")
+
+# %% [markdown]
+# Hover a point for the model's card (training recipe and time); drag to zoom, double-click to reset.
+
+# %%
+cviz.WithFallback(cviz.cost_quality_figure(nano_table), cviz.cost_quality_static(nano_table))
+
+# %% [markdown]
+# The published configurations, on the meta device (nothing computed): our count at 512×512 next to the
+# published figure and the input size it was published for. Swin + UperNet's 945 GFLOPs are at 512×2048
+# (about 4× the pixels); Mask2Former's 74 include the semantic-inference step (upsampling 100 mask logits to
+# the image), which the model's forward pass does not run; DeepLabv3+'s 101 are at 513×513 with output stride 16.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+published = segviz.comparison_table(["segformer-b0", "edaformer-t", "upernet-swin-t", "mask2former-swin-t",
+                                     "deeplabv3plus-r101"], input_size=512, latency=False)
+print(published.text(latency=False))
+
+# %% [markdown]
+# Plotly where hovering helps: **the Hungarian cost matrix** of Mask2Former on one held-out scene (queries
+# × ground-truth segments; hover for each cost, the white frames are the matched pairs), as in notebook 04,
+# and **an attention map with its values**: SegFormer's stage-1 attention of the centre query over the
+# 8×8 reduced keys.
+
+# %%
+scene = 1
+label = ad_set[scene][1]
+m2f_model = models["mask2former-nano"]
+with torch.no_grad():
+    class_logits, mask_logits = m2f_model.predictions(ad_images[scene][None])[-1]
+(target_classes, target_masks), = m2f.semantic_targets(label[None])
+torch.manual_seed(0)
+costs = m2f.matching_cost(class_logits[0], mask_logits[0], target_classes, target_masks,
+                          m2f_model.criterion.num_points, m2f_model.criterion.weights)
+rows, cols = m2f.hungarian_match(costs["total"])
+heat = dict(x_labels=[SCENE_CLASSES[c] for c in target_classes], y_labels=[f"query {q}" for q in range(costs["total"].shape[0])],
+            title="Mask2Former matching cost (held-out scene)", x_title="ground-truth segment", y_title="query",
+            marked=list(zip(rows.tolist(), cols.tolist())), value_name="cost")
+cviz.WithFallback(cviz.heatmap_figure(costs["total"], **heat, width=600), cviz.heatmap_static(costs["total"], **heat, width=6))
+
+# %%
+seg_stage1 = records["segformer-nano"].attention["encoder.stages.0.blocks.0.attn"]
+token = seg_stage1.query_token((AD_SIZE // 2, AD_SIZE // 2), (AD_SIZE, AD_SIZE))
+att = seg_stage1.map_for(token, head=0)
+heat = dict(title=f"SegFormer stage 1: query {token} (centre pixel), head 0, over the {att.shape[0]}×{att.shape[1]} keys",
+            x_title="key column", y_title="key row", value_name="probability")
+cviz.WithFallback(cviz.heatmap_figure(att, **heat, colorscale="Inferno", width=560, height=520),
+                  cviz.heatmap_static(att, **heat, cmap="inferno", width=5.5))
+
+# %% [markdown]
+# ## 4. One query pixel, every model
+#
+# The centre pixel of a held-out scene at 256 px, and where each model looks from it: SegFormer's and
+# EDAFormer's stage-1 attention over the reduced keys (each key a 8×8-pixel patch), the Swin backbone's
+# second stage-1 block (a shifted 7×7 window of 4-px tokens), Mask2Former's deformable sampling points
+# (its first pixel-decoder layer, the query being the centre pixel of the finest level: dot area ∝ weight,
+# colour = level), and DeepLabv3+'s effective receptive field of the centre logit on this image with
+# layer 4's theoretical receptive field (dashed).
+
+# %%
+centre = (AD_SIZE // 2, AD_SIZE // 2)
+one = ad_images[:1]
+with torch.no_grad():
+    row_records = {}
+    for name, module in [("segformer-nano", "encoder.stages.0.blocks.0.attn"),
+                         ("edaformer-nano", "encoder.stages.0.blocks.0.attn"),
+                         ("upernet-swin-nano", "backbone.stages.0.blocks.1.attn"),
+                         ("mask2former-nano", "pixel_decoder.encoder.0.self_attn")]:
+        with segviz.capture(models[name], include=module) as rec:
+            models[name](one)
+        row_records[f"{name}\n{short(module)}"] = rec.records(module)[-1]
+deeplab = models["deeplabv3plus-nano"]
+row_records["deeplabv3plus-nano\nhead"] = segviz.erf(deeplab, one)
+layer4 = segviz.receptive_field(deeplab, "backbone.layer4", input_size=AD_SIZE)
+unit = (AD_SIZE // 16 // 2, AD_SIZE // 16 // 2)
+cviz.query_row_figure(ad_set.array(0), row_records, centre, windows={"deeplabv3plus-nano\nhead": layer4.window(unit)})
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"DeepLabv3+ layer 4: {layer4}")
+
+# %%
+print(f"ERF of 5 trained models: {erf_seconds:.0f} s; notebook run time: {time.perf_counter() - start_time:.0f} s")
