@@ -161,3 +161,18 @@ def test_bad_inputs():
         attention_distance(AttentionRecord(torch.full((1, 1, 4, 4), float("nan")), (2, 2), (2, 2)), 8)
     with pytest.raises(ValueError, match="object queries"):  # sampling by object queries without reference points
         attention_distance(SamplingRecord(torch.rand(1, 3, 1, 1, 2, 2), torch.full((1, 3, 1, 1, 2), 0.5), [(2, 2)]), 8)
+
+
+def test_dat_deformed_grid_by_hand():
+    from segviz.nn.recording import DeformedGridRecord
+
+    # 2x2 queries on a 20x20 image (centres at 5 and 15 px); 1 key per group. Group 0's point is at
+    # the image centre (x, y) = (0.5, 0.5) = (10, 10) px: every query is sqrt(5² + 5²) away. Group 1's
+    # point is on query (0, 0)'s centre (0.25, 0.25): distances 0, 10, 10, 10·sqrt2. Heads 0, 1 -> group 0,
+    # heads 2, 3 -> group 1 (contiguous groups).
+    points = torch.tensor([[0.5, 0.5], [0.25, 0.25]]).view(1, 2, 1, 1, 2)
+    record = DeformedGridRecord(torch.ones(1, 4, 4, 1), (2, 2), (1, 1), torch.tensor([[[0.5, 0.5]]]), points)
+    d = attention_distance(record, 20)
+    assert d.kind == "deformed_grid"
+    far = (0 + 10 + 10 + 10 * math.sqrt(2)) / 4
+    assert d.per_head.tolist() == pytest.approx([5 * math.sqrt(2)] * 2 + [far] * 2)

@@ -27,6 +27,8 @@ Every record kind is placed with its own geometry (see ``segviz/nn/recording.py`
   reference point (per level when the record has one per level), its "keys" are the sampling
   locations, weighted by the attention weights (which sum to 1 over levels × points). The
   distance per level (weight-normalised within the level) comes too.
+* :class:`~segviz.nn.recording.DeformedGridRecord` (DAT): queries at the cell centres of ``q_hw``,
+  keys at the deformed points of the head's offset group (``group_of``).
 
 Records without query positions — object queries (Mask2Former's masked cross-attention and the
 queries' self-attention) — have no distance; asking for one is a ``ValueError``, and
@@ -42,7 +44,9 @@ import torch
 from torch import Tensor
 
 from segviz.inspect.capture import Recorder
-from segviz.nn.recording import AttentionRecord, MaskedAttentionRecord, SamplingRecord, WindowAttentionRecord
+from segviz.nn.recording import (
+    AttentionRecord, DeformedGridRecord, MaskedAttentionRecord, SamplingRecord, WindowAttentionRecord,
+)
 
 __all__ = ["AttentionDistance", "attention_distance", "mean_pairwise_distance"]
 
@@ -53,7 +57,7 @@ class AttentionDistance:
 
     Attributes:
         layer: the module's name (or the key / position it was given under; "" for a lone record).
-        kind: "attention", "window_attention" or "sampling".
+        kind: "attention", "window_attention", "sampling" or "deformed_grid".
         per_head: (heads,) mean distance in input pixels.
         image_size: (H, W) the positions were measured in.
         query_grid: (h, w) of the queries (for sampling records, the grid of ``q_hw``, or None).
@@ -194,7 +198,20 @@ def _sampling(record: SamplingRecord, size):
             (level_w.mean((0, 1)) / level_w.mean((0, 1)).sum(-1, keepdim=True)).numpy())
 
 
+def _deformed_grid(record: DeformedGridRecord, size) -> tuple[np.ndarray, tuple[int, int]]:
+    probs = _check_probs(record.probs, "deformed-grid attention")  # (B, heads, Nq, Nk)
+    queries = cell_centres(record.q_hw, size)  # (Nq, 2) (y, x) pixels
+    scale = torch.tensor([size[0], size[1]], dtype=torch.float64)
+    points = record.points.detach().to("cpu", torch.float64).flip(-1).flatten(2, 3) * scale  # (B, groups, Nk, 2) (y, x)
+    groups = torch.tensor([record.group_of(h) for h in range(record.heads)])
+    d = _distances(queries[None, None], points[:, groups])  # (B, heads, Nq, Nk)
+    return (probs * d).sum(-1).mean((0, 2)).numpy(), record.q_hw
+
+
 def _one(record, size, layer: str) -> AttentionDistance:
+    if isinstance(record, DeformedGridRecord):
+        per_head, grid = _deformed_grid(record, size)
+        return AttentionDistance(layer, "deformed_grid", per_head, size, grid)
     if isinstance(record, WindowAttentionRecord):
         per_head, grid = _window(record, size)
         return AttentionDistance(layer, "window_attention", per_head, size, grid)
@@ -218,7 +235,7 @@ def _has_positions(record) -> bool:
         lq = record.locations.shape[1]
         return (record.reference_points is not None or (record.q_hw is not None and record.q_hw[0] * record.q_hw[1] == lq)
                 or sum(a * c for a, c in record.level_shapes) == lq)
-    return isinstance(record, WindowAttentionRecord)
+    return isinstance(record, (WindowAttentionRecord, DeformedGridRecord))
 
 
 def attention_distance(records, image_size, *, layer: str = ""):
@@ -227,7 +244,7 @@ def attention_distance(records, image_size, *, layer: str = ""):
     Args:
         records: one record (``AttentionRecord``, ``WindowAttentionRecord``, ``SamplingRecord``);
             a mapping name -> record (e.g. ``rec.attention``); a sequence of records (e.g.
-            ``rec.records("...attn")``, one per call); or a :class:`~segviz.inspect.capture.Recorder`,
+            ``rec.records("...attn")``, one per call; ``DeformedGridRecord`` too); or a :class:`~segviz.inspect.capture.Recorder`,
             of which every call of every module whose queries have positions is measured (object
             queries are skipped; a module called several times gives ``name``, ``name#2``, ...).
         image_size: (H, W) of the input image the records were made on (an int for a square).

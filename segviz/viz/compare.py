@@ -159,7 +159,8 @@ def attention_distance_figure(distances: Mapping[str, Mapping[str, AttentionDist
     rows = -(-n // cols)
     fig = style.figure(4.9 * cols, 2.9 * rows + 0.5)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False, sharey=True)).ravel()
-    kinds = {"attention": ("o", "#1f77b4"), "window_attention": ("s", "#2ca02c"), "sampling": ("^", "#d62728")}
+    kinds = {"attention": ("o", "#1f77b4"), "window_attention": ("s", "#2ca02c"), "sampling": ("^", "#d62728"),
+             "deformed_grid": ("D", "#9467bd")}
     for ax, (model, layers) in zip(axes, distances.items()):
         for i, d in enumerate(layers.values()):
             if not isinstance(d, AttentionDistance):
@@ -350,7 +351,7 @@ def query_row_figure(image, panels: Mapping[str, object], query: tuple[int, int]
     if not (0 <= y < hw[0] and 0 <= x < hw[1]):
         raise ValueError(f"query {tuple(query)} is outside the {hw[0]}x{hw[1]} image")
     n = len(panels)
-    fig = style.figure(2.0 * n, 2.55)
+    fig = style.figure(2.0 * n, 2.8)
     axes = np.atleast_1d(fig.subplots(1, n, squeeze=False)).ravel()
     grey = img.mean(-1, keepdims=True) * np.ones(3)
     for ax, (label, item) in zip(axes, panels.items()):
