@@ -96,6 +96,11 @@ def test_the_explorer_redraws_when_the_query_moves():
                                                 "dcn": {"trained": taps}}, query=(3, 4))
     first = explorer.figure
     assert "(y=3, x=4)" in first._suptitle.get_text() and explorer.head.max == 3
+    assert len([a for a in first.axes if a.axison]) == 3  # trained only, by default
     explorer.y.value = 30
     assert explorer.figure is not first and "(y=30, x=4)" in explorer.figure._suptitle.get_text()
     assert explorer.view.value  # a PNG
+    explorer.state.value = "both"
+    assert len([a for a in explorer.figure.axes if a.axison]) == 4  # "dat" and "dcn" have no init panel
+    with pytest.raises(ValueError, match="states must be some of"):
+        dw.where_a_query_looks(_photo(), {"g": {"init": glob}}, (0, 0), states=("later",))

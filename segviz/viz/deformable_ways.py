@@ -180,7 +180,8 @@ def draw_look(ax, img, item, query: tuple[int, int], head: int = 0):
 
 @style.styled
 def where_a_query_looks(image, ways: Mapping[str, Mapping[str, object]], query: tuple[int, int], *, head: int = 0,
-                        columns: int = 3, panel: float = 3.1, title: str | None = None) -> Figure:
+                        columns: int = 3, panel: float = 3.1, title: str | None = None,
+                        states: tuple[str, ...] = STATES) -> Figure:
     """The comparison figure: for each way, the same query as initialised and as trained.
 
     Args:
@@ -189,8 +190,11 @@ def where_a_query_looks(image, ways: Mapping[str, Mapping[str, object]], query: 
             ``segviz.capture`` (attention, window attention, sampling, deformed grid) or :class:`DCNTaps`,
             in display order.
         query: (y, x) photo pixel; head: which head (clamped per record); columns: ways per row (each
-            way takes two rows: init above trained); panel: inches per panel.
+            way takes one row per state: init above trained); panel: inches per panel;
+        states: which of "init" and "trained" to draw, in row order.
     """
+    if not states or any(state not in STATES for state in states):
+        raise ValueError(f"states must be some of {STATES}, got {states!r}")
     if not ways:
         raise ValueError("no ways to draw")
     img = as_image(image)
@@ -200,20 +204,21 @@ def where_a_query_looks(image, ways: Mapping[str, Mapping[str, object]], query: 
     names = list(ways)
     columns = min(columns, len(names))
     blocks = -(-len(names) // columns)
-    fig = style.figure(columns * panel, blocks * 2 * panel * 1.12)
-    axes = np.atleast_2d(fig.subplots(2 * blocks, columns, squeeze=False))
+    rows = len(states)
+    fig = style.figure(columns * panel, blocks * rows * panel * 1.12)
+    axes = np.atleast_2d(fig.subplots(rows * blocks, columns, squeeze=False))
     for ax in axes.flat:
         ax.set_axis_off()
     for i, name in enumerate(names):
-        for s, state in enumerate(STATES):
-            ax = axes[2 * (i // columns) + s, i % columns]
+        for s, state in enumerate(states):
+            ax = axes[rows * (i // columns) + s, i % columns]
             item = ways[name].get(state)
             if item is None:
                 continue
             ax.set_axis_on()
             draw_look(ax, img, item, query, head)
             ax.set_title(f"{name} · {state}\n{describe(item)}", fontsize=style.SMALL)
-            if isinstance(item, SamplingRecord) and state == STATES[-1]:
+            if isinstance(item, SamplingRecord) and state == states[-1]:
                 ax.legend(loc="lower right", fontsize=style.SMALL, framealpha=0.8, handletextpad=0.2,
                           borderpad=0.3, labelspacing=0.2)
     fig.suptitle(title or f"where does the query at (y={query[0]}, x={query[1]}) look? (+: the query)",
@@ -276,12 +281,13 @@ def deformed_grid_figure(image, records: Mapping[str, DeformedGridRecord], *, gr
 # 5. The explorer
 # ----------------------------------------------------------------------------------------
 class QueryLooksExplorer:
-    """Move the query (y, x) and the head; :func:`where_a_query_looks` redraws.
+    """Move the query (y, x), pick the head and the weights (trained, init or both); :func:`where_a_query_looks`
+    redraws.
 
         QueryLooksExplorer(photo, ways)          # ways as for where_a_query_looks
 
-    Attributes: ``y``, ``x`` (IntSliders, photo pixels), ``head`` (IntSlider), ``figure`` (the last
-    drawn Figure), ``view`` (its Image widget), ``widget``.
+    Attributes: ``y``, ``x`` (IntSliders, photo pixels), ``head`` (IntSlider), ``state`` (ToggleButtons),
+    ``figure`` (the last drawn Figure), ``view`` (its Image widget), ``widget``.
     """
 
     def __init__(self, image, ways: Mapping[str, Mapping[str, object]], query: tuple[int, int] | None = None,
@@ -295,16 +301,18 @@ class QueryLooksExplorer:
         self.y = widgets.IntSlider(qy, min=0, max=h - 1, description="query y")
         self.x = widgets.IntSlider(qx, min=0, max=w - 1, description="query x")
         self.head = widgets.IntSlider(0, min=0, max=heads - 1, description="head")
+        self.state = widgets.ToggleButtons(options=["trained", "init", "both"], value="trained", description="weights")
         self.view = widgets.Image(format="png")
         self.figure = None
-        for control in (self.y, self.x, self.head):
+        for control in (self.y, self.x, self.head, self.state):
             control.observe(lambda _change: self.redraw(), names="value")
-        self.widget = widgets.VBox([widgets.HBox([self.y, self.x, self.head]), self.view])
+        self.widget = widgets.VBox([widgets.HBox([self.y, self.x, self.head]), self.state, self.view])
         self.redraw()
 
     def redraw(self) -> None:
+        states = STATES if self.state.value == "both" else (self.state.value,)
         self.figure = where_a_query_looks(self.image, self.ways, (self.y.value, self.x.value), head=self.head.value,
-                                          panel=self.panel)
+                                          panel=self.panel, states=states)
         style.show_png(self.view, self.figure)
 
     def _repr_mimebundle_(self, **kwargs):
