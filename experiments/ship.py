@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 import segviz
 from segviz.data import Scenes
-from segviz.training import evaluate
+from segviz.training import evaluate, evaluate_panoptic
 from segviz.weights import read_state_dict
 from segviz.zoo import ZOO_DIR, card_path
 
@@ -59,6 +59,12 @@ def ship(run_dir: Path, tag: str, eval_n: int = 100) -> dict:
         "eval": held_out.description(),
         "val_miou": evaluate(model, held_out, batch_size=16, device="cpu"),
     }
+    if callable(getattr(model, "panoptic", None)) and not getattr(model, "train_frames", None):
+        # a set-prediction model: also its panoptic quality on the same scenes, object by object
+        objects = Scenes(eval_n, size=held_out.size, seed=0, split="val", target="panoptic")
+        pq = evaluate_panoptic(model, objects, stuff_classes=(0,), batch_size=16, device="cpu")
+        card["shipped"]["panoptic"] = {"eval": objects.description(), "stuff_classes": [0],
+                                       **{k: pq[k] for k in ("pq", "sq", "rq")}}
     card_path(target).write_text(json.dumps(card, indent=2) + "\n")
     shutil.move(staging, target)
     return card
@@ -72,7 +78,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     card = ship(args.run_dir, args.tag, args.eval_n)
     print(f"shipped {args.run_dir} as {args.tag}: {card['shipped']['bytes'] / 1e6:.2f} MB, "
-          f"held-out mIoU of the stored weights {card['shipped']['val_miou']:.4f}")
+          f"held-out mIoU of the stored weights {card['shipped']['val_miou']:.4f}"
+          + (f", PQ {card['shipped']['panoptic']['pq']:.4f}" if "panoptic" in card["shipped"] else ""))
     return 0
 
 

@@ -296,6 +296,28 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 16, device=None) -> fl
     return iou_from_counts(inter, union)
 
 
+@torch.no_grad()
+def evaluate_panoptic(model: nn.Module, dataset, stuff_classes=(0,), batch_size: int = 16, device=None) -> dict:
+    """:func:`panoptic_quality` of ``model.panoptic(x, stuff_classes)`` on a dataset whose labels
+    are class maps over instance-id maps (``Scenes(..., target="panoptic")``), the true segments
+    being its objects and, per stuff class, the pixels of no object; leaves the model in eval mode."""
+    from segviz.models.mask2former import panoptic_targets
+
+    if not callable(getattr(model, "panoptic", None)):
+        raise ValueError(f"{type(model).__name__} has no panoptic(x) inference (Mask2Former has)")
+    if getattr(dataset, "target", None) != "panoptic":
+        raise ValueError(f"evaluate_panoptic needs labels with instance ids, e.g. Scenes(..., target='panoptic'), "
+                         f"got {dataset!r}")
+    device = as_device(device) if device is not None else next(model.parameters()).device
+    model.eval()
+    predictions, targets = [], []
+    for start in range(0, len(dataset), batch_size):
+        images, labels = _batch(dataset, torch.arange(start, min(start + batch_size, len(dataset))), device)
+        predictions += [tuple(t.cpu() for t in p) for p in model.panoptic(images, stuff_classes=stuff_classes)]
+        targets += [tuple(t.cpu() for t in p) for p in panoptic_targets(labels)]
+    return panoptic_quality(predictions, targets, model.num_classes)
+
+
 def _real(value, name: str, allowed: str, ok) -> float:
     """``value`` as a Python float when it is a finite real number (int, float, numpy scalar or
     one-element real tensor) and ``ok(value)``; else ValueError naming ``name`` and ``allowed``."""

@@ -7,6 +7,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+
+import segviz
 from torch import nn
 
 from segviz.data import Shapes
@@ -650,3 +652,31 @@ def test_panoptic_quality_counts_matches_above_half_iou_per_class():
         panoptic_quality([pred, pred], [truth], 3)
     with pytest.raises(ValueError, match="outside"):
         panoptic_quality([(torch.tensor([5]), box(0, 1, 0, 1)[None])], [truth], 3)
+
+
+def test_evaluate_panoptic_refuses_models_and_labels_it_cannot_score():
+    from segviz.data import Scenes
+    from segviz.training import evaluate_panoptic
+
+    with pytest.raises(ValueError, match="no panoptic"):
+        evaluate_panoptic(segviz.create_model("segformer-nano"), Scenes(2, 64, target="panoptic"))
+    with pytest.raises(ValueError, match="target='panoptic'"):
+        evaluate_panoptic(segviz.create_model("mask2former-nano"), Scenes(2, 64))
+
+    from segviz.models.mask2former import panoptic_targets
+
+    class Oracle(torch.nn.Module):  # answers with the true objects, in order: PQ must be 1
+        num_classes = 6
+
+        def __init__(self, data):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.answers = [panoptic_targets(data[i][1][None])[0] for i in range(len(data))]
+
+        def panoptic(self, images, stuff_classes=()):
+            out, self.answers = self.answers[:len(images)], self.answers[len(images):]
+            return out
+
+    data = Scenes(5, 64, target="panoptic")
+    result = evaluate_panoptic(Oracle(data), data, batch_size=2)
+    assert result["pq"] == 1.0 and result["per_class"][0]["tp"] == 5  # one background segment per scene

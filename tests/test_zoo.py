@@ -60,6 +60,26 @@ def test_shipped_weights_reproduce_the_card(entry):
     assert got > 0.2  # a trained model, not a random one (chance level on Scenes is well below 0.1)
 
 
+PANOPTIC = [e for e in ENTRIES if "panoptic" in e.card["shipped"]]
+
+
+def test_the_set_prediction_model_reports_panoptic_quality():
+    assert {(e.model, e.tag) for e in PANOPTIC} >= {("mask2former-nano", "scenes")}
+
+
+@pytest.mark.parametrize("entry", PANOPTIC, ids=[f"{e.model}:{e.tag}" for e in PANOPTIC])
+def test_shipped_weights_reproduce_the_cards_panoptic_quality(entry):
+    from segviz.training import evaluate_panoptic
+
+    shipped = entry.card["shipped"]["panoptic"]
+    model = segviz.create_model(entry.model, weights=entry.tag)
+    objects = Scenes(**{k: v for k, v in shipped["eval"].items() if k != "class"})
+    assert objects.split == "val" and objects.target == "panoptic"
+    got = evaluate_panoptic(model, objects, stuff_classes=shipped["stuff_classes"])
+    assert got["pq"] == pytest.approx(shipped["pq"], abs=0.01)
+    assert got["pq"] > 0.1  # objects found, not only the background (which alone gives PQ <= 1/6 here)
+
+
 def test_unknown_tag_lists_what_is_shipped():
     with pytest.raises(ValueError, match="no shipped weights 'imagenet' for 'segformer-nano'; shipped .*segformer-nano:scenes"):
         segviz.create_model("segformer-nano", weights="imagenet")
