@@ -217,11 +217,13 @@ def where_a_query_looks(image, ways: Mapping[str, Mapping[str, object]], query: 
                 continue
             ax.set_axis_on()
             draw_look(ax, img, item, query, head)
-            ax.set_title(f"{name} · {state}\n{describe(item)}", fontsize=style.SMALL)
+            label = name if len(states) == 1 else f"{name} · {state}"
+            ax.set_title(f"{label}\n{describe(item)}", fontsize=style.SMALL)
             if isinstance(item, SamplingRecord) and state == states[-1]:
                 ax.legend(loc="lower right", fontsize=style.SMALL, framealpha=0.8, handletextpad=0.2,
                           borderpad=0.3, labelspacing=0.2)
-    fig.suptitle(title or f"where does the query at (y={query[0]}, x={query[1]}) look? (+: the query)",
+    weights = f", {states[0]}" if len(states) == 1 else ""
+    fig.suptitle(title or f"where does the query at (y={query[0]}, x={query[1]}) look?{weights} (+: the query)",
                  fontsize=style.LARGE)
     return fig
 
@@ -291,7 +293,7 @@ class QueryLooksExplorer:
     """
 
     def __init__(self, image, ways: Mapping[str, Mapping[str, object]], query: tuple[int, int] | None = None,
-                 panel: float = 2.2):
+                 panel: float = 2.6):
         import ipywidgets as widgets
 
         self.image, self.ways, self.panel = as_image(image), dict(ways), panel
