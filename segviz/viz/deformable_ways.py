@@ -222,8 +222,8 @@ def where_a_query_looks(image, ways: Mapping[str, Mapping[str, object]], query: 
             if isinstance(item, SamplingRecord) and state == states[-1]:
                 ax.legend(loc="lower right", fontsize=style.SMALL, framealpha=0.8, handletextpad=0.2,
                           borderpad=0.3, labelspacing=0.2)
-    weights = f", {states[0]}" if len(states) == 1 else ""
-    fig.suptitle(title or f"where does the query at (y={query[0]}, x={query[1]}) look?{weights} (+: the query)",
+    weights = f"{states[0]} weights; " if len(states) == 1 else ""
+    fig.suptitle(title or f"where does the query at (y={query[0]}, x={query[1]}) look? ({weights}+: the query)",
                  fontsize=style.LARGE)
     return fig
 
