@@ -90,3 +90,34 @@ def test_large_finite_negative_bias_gives_exact_zeros_and_the_same_output():
     expected = logits.softmax(-1)
     assert (probs - expected).abs().max() < 1e-6
     assert bool((expected[..., 4:] < 1e-30).all())  # what was flushed was below float32 resolution
+
+
+@pytest.mark.parametrize("bias_shape", [None, (1, 2, 1024, 512), (2, 1, 1024, 512)])
+def test_long_maps_are_computed_in_row_blocks_with_the_same_numbers(bias_shape, monkeypatch):
+    """Inference on the CPU with Nq·Nk >= 2^19 per head: the explicit path works in blocks of
+    query rows; output and recorded probabilities match the unblocked path and the formula."""
+    import importlib
+
+    kernel = importlib.import_module("segviz.nn.attention")  # the module (segviz.nn.attention is also the function)
+    torch.manual_seed(0)
+    module = ToyAttention(dim=8, heads=2)
+    q, k, v = _qkv(b=2, h=2, nq=1024, nk=512, d=8)
+    bias = None if bias_shape is None else torch.randn(bias_shape)
+    if bias is not None:
+        bias[..., :7] -= 100.0  # also the flush of denormal weights, per block
+    assert 1024 * 512 >= kernel._CHUNK_ABOVE
+    with torch.no_grad():
+        with capture(module) as rec:
+            blocked = attention(q, k, v, bias=bias, module=module, q_hw=(32, 32), k_hw=(16, 32))
+        monkeypatch.setattr(kernel, "_CHUNK_ABOVE", 1 << 40)
+        with capture(module) as rec_plain:
+            unblocked = attention(q, k, v, bias=bias, module=module, q_hw=(32, 32), k_hw=(16, 32))
+        fast = attention(q, k, v, bias=bias)
+    probs = rec.attention[""].probs
+    assert probs.shape == (2, 2, 1024, 512)
+    assert (blocked - unblocked).abs().max() < 1e-6
+    assert (probs - rec_plain.attention[""].probs).abs().max() < 1e-7
+    assert (blocked - fast).abs().max() < 1e-5
+    assert (probs - torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8) + (0 if bias is None else bias), -1)).abs().max() < 1e-6
+    if bias is not None:
+        assert torch.all(probs[..., :7] == 0)
