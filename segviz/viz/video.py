@@ -92,7 +92,7 @@ def tube_figure(clip, class_logits, mask_logits, class_names: Sequence[str], *, 
             of its own.
         queries: the queries to show; default those predicting a real class that is not one of
             ``stuff_classes`` (e.g. the background, which would cover the picture) and that win at
-            least one pixel of some frame.
+            least 0.1% of the clip's pixels.
     """
     frames = _frames(clip)
     t = len(frames)
@@ -112,8 +112,8 @@ def tube_figure(clip, class_logits, mask_logits, class_names: Sequence[str], *, 
         if queries:  # keep the ones that win a pixel somewhere
             probs = _resize_probs(logits[queries].sigmoid(), (h, w))
             best, arg = probs.max(0)
-            won = set(arg[best > 0.5].unique().tolist())
-            queries = [q for j, q in enumerate(queries) if j in won]
+            won = torch.bincount(arg[best > 0.5].flatten(), minlength=len(queries))
+            queries = [q for j, q in enumerate(queries) if won[j] >= 1e-3 * best.numel()]
     else:
         queries = [int(q) for q in queries]
     colors = tube_colors(max(1, len(queries)))
