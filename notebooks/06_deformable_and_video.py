@@ -76,8 +76,8 @@ print(f"scene {scene}: {tuple(x.shape)}, query pixel (y, x) = {QUERY}")
 #   stage 2, so 64 keys);
 # - **window** (Swin): over the M² keys of the M × M window holding p₀ (M = 7);
 # - **DCNv2**: y(p₀) = Σₖ wₖ · x(p₀ + pₖ + Δpₖ) · Δmₖ — nine taps pₖ of a 3 × 3 grid, each moved by its own
-#   offset Δpₖ and scaled by a modulation Δmₖ ∈ (0, 1), both predicted by a conv on x (zero at
-#   initialisation: a plain conv);
+#   offset Δpₖ and scaled by a modulation Δmₖ = σ(·) ∈ (0, 1), both predicted by a conv on x that starts at
+#   zero (so at initialisation the taps sit on the plain 3 × 3 grid and every Δmₖ = ½);
 # - **Deformable-DETR**: Σₗ Σₖ Aₗₖ · W x_l(p̂₀ + Δpₗₖ) — K points on each level l around the query's own
 #   position p̂₀; offsets and weights A are linear functions of the query (no keys, no dot products);
 # - **DAT**: keys and values are sampled at p + Δp, where p is a uniform grid over the map (one key per
