@@ -14,7 +14,7 @@ Rows (CPU, batch 1):
   computes the auxiliary FCN head on every forward although inference does not use it);
 * mask2former-swin-t at 512 vs ``Mask2FormerForUniversalSegmentation`` (``mask2former_vs_hf.build``;
   both compute every decoder layer's prediction: our ``forward_heads``, HF's forward);
-* edaformer-t at 512, absolute (no official-layout reference here);
+* edaformer-t at 512 and dat-t at 224, absolute (no official-layout reference here);
 * deeplabv3plus-r50 at 513 vs torchvision's parts, run by the reference environment
   (``.venv-parity/bin/python benchmarks/deeplab_vs_torchvision.py``) in a subprocess.
 
@@ -64,7 +64,7 @@ import segviz  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SWIN_T = dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7)
-ALL = ["segformer-b0", "segformer-b2", "swin-t", "upernet-swin-t", "mask2former-swin-t", "edaformer-t"]
+ALL = ["segformer-b0", "segformer-b2", "swin-t", "upernet-swin-t", "mask2former-swin-t", "edaformer-t", "dat-t"]
 HEAVY = {"segformer-b2", "upernet-swin-t", "mask2former-swin-t"}
 
 
@@ -187,8 +187,8 @@ def entries(name: str):
                     f"mask logits {(out['pred_masks'] - ref.masks_queries_logits).abs().max().item():.1e}")
         g = gmacs(ours, size)
         return size, x, (lambda: hf(pixel_values=x), g), {name: (lambda: ours.forward_heads(x), g, 0.9)}, ours, diff
-    if name == "edaformer-t":
-        size = 512
+    if name in ("edaformer-t", "dat-t"):
+        size = 512 if name == "edaformer-t" else 224
         torch.manual_seed(0)
         ours = segviz.create_model(name).eval()
         x = torch.randn(1, 3, size, size)

@@ -236,14 +236,18 @@ def main() -> None:
               flush=True)
     print(f"load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print()
-    print("| explorer | query pixel ms | target | new-forward control | ms | target |")
+    print("wall: wall-clock ms; CPU: the main thread's CPU ms (what an update costs on a free core)")
+    print()
+    print("| explorer | query pixel: wall ms (CPU ms) | ≤ 150 ms | new-forward control | wall ms (CPU ms) | ≤ 300 ms |")
     print("|---|---|---|---|---|---|")
-    for r in rows:
-        ok_q = "met" if r["query"] <= QUERY_MS else "**missed**"
-        ok_f = "met" if r["forward"] <= FORWARD_MS else "**missed**"
-        print(f"| {r['kind']} | {r['query']:.0f} | ≤ {QUERY_MS} {ok_q} | {r['change']} | {r['forward']:.0f} | "
-              f"≤ {FORWARD_MS} {ok_f} |")
 
+    def verdict(r, which, budget):
+        return "; ".join(f"{label} {'met' if v <= budget else '**missed**'}"
+                         for label, v in (("wall", r[which]), ("CPU", r[which + '_cpu'])))
+
+    for r in rows:
+        print(f"| {r['kind']} | {r['query']:.0f} ({r['query_cpu']:.0f}) | {verdict(r, 'query', QUERY_MS)} | "
+              f"{r['change']} | {r['forward']:.0f} ({r['forward_cpu']:.0f}) | {verdict(r, 'forward', FORWARD_MS)} |")
 
 if __name__ == "__main__":
     main()
