@@ -44,9 +44,11 @@ def _frames(clip) -> list[np.ndarray]:
 
 
 def tube_colors(n: int) -> np.ndarray:
-    """(n, 3) RGB in [0, 1], one per shown query (tab10, then tab20)."""
-    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
-    return np.array([cmap(i % cmap.N)[:3] for i in range(n)])
+    """(n, 3) RGB in [0, 1], one per shown query: tab10 then tab20 without their greys (the frames
+    are drawn in grey under the colours)."""
+    palette = [c[:3] for name in ("tab10", "tab20") for c in matplotlib.colormaps[name].colors
+               if not np.allclose(c[0], c[1:3], atol=0.05)]
+    return np.array([palette[i % len(palette)] for i in range(n)])
 
 
 def real_queries(class_logits) -> list[int]:
