@@ -140,13 +140,14 @@ area_table(init_erfs)
 #   the transformers no more than DeepLabv3+: overlapping patch embedding (SegFormer, EDAFormer) and
 #   windows (Swin) keep stage 1 local, as the paper says of SegFormer.
 # * *A non-local stage 4 for SegFormer, a small one for DeepLabv3+:* yes. SegFormer's stage-4 field spreads
-#   over about half the image (EDAFormer's too), several times DeepLabv3+'s stage 4, which stays a blob
-#   around the centre inside its theoretical field.
+#   over about half the image (EDAFormer's too), several times DeepLabv3+'s stage 4, which stays a square
+#   blob around the centre inside its theoretical field (75 px per unit at stride 16, section 4).
 # * *SegFormer's head: strong local attention besides the non-local context:* yes in shape — its head field
-#   is much more concentrated than its stage 4 (the 1/4-resolution stage-1 path dominates a pixel's logits)
-#   with a faint tail over the whole image, where DeepLabv3+'s head stops at the edge of its field. By the
-#   20% area ratio alone the two heads are about the same size here; the paper's "larger ERF" shows in the
-#   tail, not in the core.
+#   is much more concentrated than its stage 4 (the 1/4-resolution stage-1 path dominates a pixel's
+#   logits), a bright core with a faint tail over the whole image. DeepLabv3+'s head is *not* small here:
+#   ASPP's rates and image pooling reach across a 128-px image, and by the 20% ratio the two heads are
+#   about the same size. The paper's contrast, measured on 1024-px images where DeepLab's field covers a
+#   far smaller share, does not carry over to images this small.
 # * *Swin* (UperNet, Mask2Former) is not in the paper's figure. At 128 px its stage-3 and stage-4 maps (8×8,
 #   4×4) are smaller than one 7×7 window plus padding, so the window geometry differs from the 256-px
 #   training; its trained fields are patchy (a 4×4 patch grid shows through) with a few strong pixels, which
@@ -211,7 +212,9 @@ for name in ["segformer-nano", "edaformer-nano"]:
 
 # %% [markdown]
 # **Reading it.** The window models behave as designed: each Swin stage doubles the distance (its window
-# covers twice the pixels), and the heads of a stage agree. SegFormer's and EDAFormer's reduced attention
+# covers twice the pixels), and the heads of a stage agree. (Stage 4's 8×8 map is padded to 14×14 for
+# its 7×7 windows, and Swin attends to the padding too: part of those keys sit outside the image.)
+# SegFormer's and EDAFormer's reduced attention
 # sits on the dashed line in *every* stage: in the ViT paper's terms every head is "global" from the first
 # layer on. In SegFormer's first two stages the attention is also nearly uniform (entropy ≈ 1): those heads
 # mostly add an average of the image; by stage 4 it is far from uniform yet not local — it picks keys
@@ -236,11 +239,13 @@ for layer, d in distances["mask2former-nano"].items():
 # papers' "GFLOPs": one multiply-add is one MAC), times one forward pass on this machine's CPU (models run
 # interleaved in one process, so the load of other processes falls on all of them alike) and reads the
 # held-out mIoU from each model's card (100 held-out Scenes at 256 px, measured on the shipped weights).
-# Latency is measured once per model after one warm-up round here, to keep the notebook fast: it moves
-# with the machine's load, so compare ratios, not milliseconds.
+# Latency here is the median of three interleaved rounds without a warm-up round (the median drops the
+# cold first call), to keep the notebook fast. It moves with the machine's load — on a busy two-core
+# machine the ratios moved by up to 2× between runs of this notebook — so read it as a rough order, and
+# use `runs=5, warmup=1` or more for numbers to rely on.
 
 # %%
-nano_table = segviz.comparison_table(NAMES, input_size=512, runs=1, warmup=1)
+nano_table = segviz.comparison_table(NAMES, input_size=512, runs=3, warmup=0)
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -251,7 +256,13 @@ for row in nano_table:
     print(f"{row.model:<20} {1e3 * row.latency_s:8.0f} ms   ({row.latency_s / nano_table.row('segformer-nano').latency_s:.1f}x segformer-nano)")
 
 # %% [markdown]
-# Hover a point for the model's card (training recipe and time); drag to zoom, double-click to reset.
+# GMACs do not predict CPU time well at this size: SegFormer-nano needs a sixth of DeepLabv3+-nano's
+# multiply-adds but is not six times faster (its attention, layer norms and upsampling are memory-bound).
+#
+# Hover a point for the model's card (training recipe and time); drag to zoom, double-click to reset. The
+# SegFormer-style models sit top left (best mIoU for the fewest GMACs); the Swin-based ones cost more and
+# score lower here. Read the card before the architecture: each model got a short CPU training with its own
+# recipe (steps, resolution schedule), so the ranking reflects the training budget as much as the design.
 
 # %%
 cviz.WithFallback(cviz.cost_quality_figure(nano_table), cviz.cost_quality_static(nano_table))
@@ -326,6 +337,12 @@ row_records["deeplabv3plus-nano\nhead"] = segviz.erf(deeplab, one)
 layer4 = segviz.receptive_field(deeplab, "backbone.layer4", input_size=AD_SIZE)
 unit = (AD_SIZE // 16 // 2, AD_SIZE // 16 // 2)
 cviz.query_row_figure(ad_set.array(0), row_records, centre, windows={"deeplabv3plus-nano\nhead": layer4.window(unit)})
+
+# %% [markdown]
+# The same pixel, four ways of looking: SegFormer's and EDAFormer's first stage weigh every 8×8-px patch of
+# the image (the strongest key only a few times the weakest: "max/min" under the panel), the Swin block only
+# the 7×7 tokens (28×28 px) of its window, Mask2Former's pixel decoder a dozen points per head scattered
+# across all three levels, and DeepLabv3+ a neighbourhood inside its convolutions' theoretical field:
 
 # %%
 # NBVAL_CHECK_OUTPUT

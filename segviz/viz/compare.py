@@ -179,7 +179,7 @@ def attention_distance_figure(distances: Mapping[str, Mapping[str, AttentionDist
         handles, labels = ax.get_legend_handles_labels()
         seen = dict(zip(labels, handles))
         ax.legend(seen.values(), [k.replace("window attention", "window").replace("attention", "global/reduced")
-                                  for k in seen], fontsize=style.SMALL, loc="lower right")
+                                  for k in seen], fontsize=style.SMALL, loc="best")
     for ax in axes[::cols]:
         ax.set_ylabel("mean distance (px)")
     for ax in axes[n:]:
