@@ -342,7 +342,8 @@ cviz.query_row_figure(ad_set.array(0), row_records, centre, windows={"deeplabv3p
 # The same pixel, four ways of looking: SegFormer's and EDAFormer's first stage weigh every 8×8-px patch of
 # the image (the strongest key only a few times the weakest: "max/min" under the panel), the Swin block only
 # the 7×7 tokens (28×28 px) of its window, Mask2Former's pixel decoder a dozen points per head scattered
-# across all three levels, and DeepLabv3+ a neighbourhood inside its convolutions' theoretical field:
+# across all three levels, and DeepLabv3+ mostly a neighbourhood about the size of layer 4's theoretical
+# field (dashed), with a faint spread beyond it from ASPP's wide rates and image pooling:
 
 # %%
 # NBVAL_CHECK_OUTPUT
