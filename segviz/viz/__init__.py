@@ -31,6 +31,7 @@ from segviz.viz.swin import (
 from segviz.viz.swin_explorer import SwinExplorer
 from segviz.viz.tables import attention_cost_rows, format_table, shape_rows, table_figure, table_html
 from segviz.viz.tokens import decoder_steps, deviation_from_centre, padding_leak, pca_rgb, stage_pca, token_pyramid
+from segviz.viz.video import tube_attention_figure, tube_figure
 
 __all__ = [
     "AttentionExplorer", "DeepLabExplorer", "SamplingExplorer", "SwinExplorer", "aspp_windows_figure", "atrous_taps_figure", "erf_figure",
@@ -45,4 +46,5 @@ __all__ = [
     "WithFallback", "attention_distance_figure", "cost_quality_figure", "cost_quality_static", "erf_grid_figure",
     "heatmap_figure", "heatmap_static", "query_row_figure",
     "DCNTaps", "QueryLooksExplorer", "dcn_taps", "deformed_grid_figure", "where_a_query_looks",
+    "tube_attention_figure", "tube_figure",
 ]
