@@ -132,3 +132,11 @@ def test_describe_names_every_stage_of_a_run_started_from_another():
     assert (f"trained {card['steps']} steps of {card['batch_size']} Scenes images ({card['image_size']} px) "
             f"after 1500 steps of 8 Scenes images (128 px)") in text
     assert f"in {(card['wall_time_s'] + 600) / 60:.0f} min" in text
+
+
+def test_describe_says_clips_for_a_video_model():
+    entry = find("mask2former-video-nano", "scenes")
+    frames = entry.card["dataset"]["train"]["frames"]
+    text = entry.describe()
+    assert f"steps of {entry.card['batch_size']} Scenes clips of {frames} frames" in text
+    assert f"({entry.card['shipped']['eval']['n']} val clips, every frame)" in text

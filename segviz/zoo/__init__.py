@@ -48,12 +48,18 @@ class WeightEntry:
         stages = [c]
         while (stages[-1].get("init") or {}).get("card"):  # runs started from an earlier run's weights
             stages.append(stages[-1]["init"]["card"])
-        trained = " after ".join(f"{s['steps']} steps of {s['batch_size']} Scenes images ({s['image_size']} px)"
+        def items(s: dict) -> str:  # a clip model trains on clips of T frames
+            frames = ((s.get("dataset") or {}).get("train") or {}).get("frames")
+            return f"Scenes clips of {frames} frames" if frames else "Scenes images"
+
+        trained = " after ".join(f"{s['steps']} steps of {s['batch_size']} {items(s)} ({s['image_size']} px)"
                                  for s in stages)
         minutes = sum(s["wall_time_s"] for s in stages) / 60
+        frames = shipped["eval"].get("frames")
+        held_out = f"{shipped['eval']['n']} val clips, every frame" if frames else f"{shipped['eval']['n']} val scenes"
         return (f"{self.model}, weights {self.tag!r}: {c['params']:,} parameters, trained {trained} "
                 f"on {c['device'].upper()} in {minutes:.0f} min; held-out mIoU {shipped['val_miou']:.3f} "
-                f"({shipped['eval']['n']} val scenes)")
+                f"({held_out})")
 
     def __str__(self) -> str:
         c = self.card
