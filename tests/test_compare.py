@@ -17,7 +17,7 @@ from torch import nn
 import segviz
 from segviz.inspect.attention_distance import attention_distance
 from segviz.inspect.compare import comparison_table, interleaved_medians
-from segviz.nn.recording import AttentionRecord, SamplingRecord, WindowAttentionRecord
+from segviz.nn.recording import AttentionRecord, DeformedGridRecord, SamplingRecord, WindowAttentionRecord
 from segviz.viz import compare as cviz
 from segviz.viz import style
 
@@ -155,6 +155,16 @@ def test_cost_quality_plotly_and_static(table):
         cviz.cost_quality_figure("not a table")
 
 
+def test_cost_quality_static_moves_a_crowded_label_below_its_marker():
+    from segviz.inspect.compare import ComparisonRow, ComparisonTable
+
+    rows = (ComparisonRow("low", 10**6, 3.2, (64, 64), miou=0.23), ComparisonRow("high", 2 * 10**6, 3.5, (64, 64), miou=0.26),
+            ComparisonRow("alone", 10**6, 1.0, (64, 64), miou=0.23))
+    fig = cviz.cost_quality_static(ComparisonTable(rows, (64, 64)))
+    below = {a.get_text().split("\n")[0]: a.xyann[1] < 0 for a in fig.axes[0].texts}
+    assert below == {"low": True, "high": False, "alone": False}  # only the one with a close neighbour above
+
+
 def test_heatmap_and_the_fallback_bundle():
     values = torch.arange(12.0).reshape(3, 4)
     fig = cviz.heatmap_figure(values, x_labels=list("abcd"), marked=[(0, 1), (2, 3)], value_name="cost")
@@ -187,10 +197,38 @@ def test_query_row_figure():
         "erf": segviz.erf(conv, torch.rand(1, 3, 32, 32, generator=g)),
     }
     _check_style("compare_query_row", cviz.query_row_figure(photo, panels, (16, 16), windows={"erf": (15, 15, 17, 17)}))
+    wrapped = cviz.query_row_figure(photo, panels, (16, 16), columns=3)
+    visible = [ax for ax in wrapped.axes if ax.axison and ax.get_title()]
+    assert len(visible) == 4 and len({round(ax.get_position().y0, 3) for ax in visible}) == 2  # 3 + 1 panels
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError):
+            cviz.query_row_figure(photo, panels, (16, 16), columns=bad)
     with pytest.raises(ValueError):
         cviz.query_row_figure(photo, panels, (40, 0))
     with pytest.raises(ValueError):
         cviz.query_row_figure(photo, {"bad": torch.zeros(3)}, (1, 1))
+
+
+def test_query_row_figure_draws_dat_deformed_points_per_group():
+    g = torch.Generator().manual_seed(1)
+    photo = np.zeros((32, 32, 3), np.uint8)
+    ky, kx = torch.meshgrid((torch.arange(2) + 0.5) / 2, (torch.arange(3) + 0.5) / 3, indexing="ij")
+    reference = torch.stack([kx, ky], -1)  # (2, 3, 2): (x, y) cell centres
+    points = (reference + 0.05 * torch.randn(1, 2, 2, 3, 2, generator=g)).clamp(0, 1)  # 2 groups
+    probs = torch.softmax(torch.randn(1, 4, 8 * 8, 6, generator=g), -1)  # 4 heads, 2 per group
+    record = DeformedGridRecord(probs, (8, 8), (2, 3), reference, points)
+    fig = cviz.query_row_figure(photo, {"dat": record}, (10, 20))
+    _check_style("compare_query_row_dat", fig)
+    ax = fig.axes[0]
+    dots = [c for c in ax.collections if len(c.get_offsets()) == 6]
+    assert len(dots) == 2  # one set of 6 deformed keys per offset group
+    token = record.query_token((10, 20), (32, 32))
+    for group, dot in enumerate(dots):
+        expected = points[0, group].reshape(-1, 2).numpy() * 32 - 0.5
+        np.testing.assert_allclose(np.asarray(dot.get_offsets()), expected, atol=1e-5)
+        mean_weight = probs[0, 2 * group:2 * group + 2, token[0] * 8 + token[1]].mean(0).numpy()
+        assert np.argmax(dot.get_sizes()) == np.argmax(mean_weight)  # area follows the group's mean weight
+    assert ax.get_xlabel() == "2×3 deformed keys\n2 groups (dot colour)"
 
 
 # --------------------------------------------------------------------------- the saved notebook

@@ -27,7 +27,7 @@ from matplotlib.patches import Rectangle
 from segviz.inspect.attention_distance import AttentionDistance, mean_pairwise_distance
 from segviz.inspect.compare import ComparisonTable
 from segviz.inspect.receptive_field import ERF
-from segviz.nn.recording import AttentionRecord, SamplingRecord, WindowAttentionRecord
+from segviz.nn.recording import AttentionRecord, DeformedGridRecord, SamplingRecord, WindowAttentionRecord
 from segviz.viz import style
 from segviz.viz.arrays import as_image, as_plane
 
@@ -235,10 +235,16 @@ def cost_quality_static(table: ComparisonTable, *, title: str | None = None) -> 
     biggest = max(r.params for r in rows)
     fig = style.figure(7.5, 4.6)
     ax = fig.subplots()
+    span = max(r.gmacs for r in rows) or 1.0
     for r in rows:
-        ax.scatter(r.gmacs, r.miou, s=(12 + 40 * (r.params / biggest) ** 0.5) ** 2 / 2.5, alpha=0.6, edgecolor="k")
+        area = (12 + 40 * (r.params / biggest) ** 0.5) ** 2 / 2.5
+        ax.scatter(r.gmacs, r.miou, s=area, alpha=0.6, edgecolor="k")
+        # the label goes above the marker, or below it when a close neighbour sits just above
+        crowded = any(o is not r and abs(o.gmacs - r.gmacs) < 0.15 * span and 0 <= o.miou - r.miou < 0.06 for o in rows)
+        gap = (area / np.pi) ** 0.5 + 3
         ax.annotate(f"{r.model}\n{r.params / 1e6:.2f} M params", (r.gmacs, r.miou), textcoords="offset points",
-                    xytext=(0, 14), ha="center", fontsize=style.SMALL)
+                    xytext=(0, -gap if crowded else gap), ha="center", va="top" if crowded else "bottom",
+                    fontsize=style.SMALL)
     ax.set_xlabel("GMACs (multiply-adds, billions)")
     ax.set_ylabel("held-out Scenes mIoU")
     ax.set_xlim(0, max(r.gmacs for r in rows) * 1.2)
@@ -325,8 +331,8 @@ def _upsample(plane: np.ndarray, hw) -> np.ndarray:
 @style.styled
 def query_row_figure(image, panels: Mapping[str, object], query: tuple[int, int], *,
                      windows: Mapping[str, tuple] | None = None, title: str = "One query pixel, every model",
-                     level: int = -1) -> Figure:
-    """Where one query pixel looks, one panel per model, in one row.
+                     level: int = -1, columns: int | None = None) -> Figure:
+    """Where one query pixel looks, one panel per model, in one row (or rows of ``columns``).
 
     Args:
         image: the image (H, W, 3) the records were made on.
@@ -335,11 +341,16 @@ def query_row_figure(image, panels: Mapping[str, object], query: tuple[int, int]
             a ``WindowAttentionRecord`` (the query's window and its attention inside it),
             a ``SamplingRecord`` with pixel queries (the sampling points of the query's pixel on
             ``level``, dot area ∝ weight, colour = level),
+            a ``DeformedGridRecord`` (DAT: the query's attention, heads averaged, spread on its map,
+            and the deformed key points every offset group reads, dot area ∝ the group's heads'
+            mean weight relative to the largest, colour = group),
             an :class:`segviz.inspect.ERF` (the effective receptive field of the centre unit; pick
             the image centre as ``query`` for it to be this query's).
         query: (y, x) in image pixels.
         windows: label -> (top, left, bottom, right) theoretical receptive field, drawn dashed.
         level: which level's pixel stands for the query in sampling records (-1: finest).
+        columns: panels per row (None: all in one row); more panels than fit in 10 inches
+            at a readable size wrap onto further rows.
     """
     from segviz.viz.mask2former import pixel_query_index
 
@@ -351,8 +362,14 @@ def query_row_figure(image, panels: Mapping[str, object], query: tuple[int, int]
     if not (0 <= y < hw[0] and 0 <= x < hw[1]):
         raise ValueError(f"query {tuple(query)} is outside the {hw[0]}x{hw[1]} image")
     n = len(panels)
-    fig = style.figure(2.0 * n, 2.8)
-    axes = np.atleast_1d(fig.subplots(1, n, squeeze=False)).ravel()
+    if columns is not None and (isinstance(columns, bool) or not isinstance(columns, int) or columns < 1):
+        raise ValueError(f"columns must be a positive integer or None, got {columns!r}")
+    cols = n if columns is None else min(columns, n)
+    rows = -(-n // cols)
+    fig = style.figure(2.0 * cols if columns is None else 3.0 * cols, (2.8 if columns is None else 3.6) * rows + 0.3)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax in axes[n:]:
+        ax.axis("off")
     grey = img.mean(-1, keepdims=True) * np.ones(3)
     for ax, (label, item) in zip(axes, panels.items()):
         ax.imshow(grey * 0.7 + 0.3, interpolation="nearest")
@@ -383,6 +400,22 @@ def query_row_figure(image, panels: Mapping[str, object], query: tuple[int, int]
             names = ["yellow", "green", "orange", "blue"]
             note = (f"{item.heads} heads × {levels} levels × {locs.shape[2]} pts\n"
                     + "/".join(names[lv % 4] for lv in range(levels)) + ": coarse→fine")
+        elif isinstance(item, DeformedGridRecord):
+            token = item.query_token((y, x), hw)
+            maps = torch.stack([item.map_for(token, h).double() for h in range(item.heads)]).mean(0).numpy()
+            plane = _upsample(maps, hw)
+            ax.imshow(np.ma.masked_where(plane <= 0, plane / plane.max()), cmap="inferno", alpha=0.6,
+                      interpolation="nearest", vmin=0, vmax=1)
+            per_group = item.heads // item.groups
+            palette = ["#00e5ff", "#34c759", "#ffcc00", "#ff3b30", "#af52de", "#ff9500"]
+            for g in range(item.groups):
+                heads = range(g * per_group, (g + 1) * per_group)
+                points = item.points_for(token, heads[0])[0].double().numpy()
+                wts = torch.stack([item.points_for(token, h)[1].double() for h in heads]).mean(0).numpy()
+                ax.scatter(points[:, 0] * hw[1] - 0.5, points[:, 1] * hw[0] - 0.5, s=4 + 60 * wts / max(wts.max(), 1e-12),
+                           color=palette[g % len(palette)], alpha=0.85, edgecolor="k", lw=0.3)
+            kh, kw = item.key_hw
+            note = f"{kh}×{kw} deformed keys\n{item.groups} groups (dot colour)"
         elif isinstance(item, ERF):
             plane = item.map
             if plane.shape != hw:
@@ -390,7 +423,7 @@ def query_row_figure(image, panels: Mapping[str, object], query: tuple[int, int]
             ax.imshow(np.clip(plane, 0, 1) ** 0.5, cmap="inferno", alpha=0.7, vmin=0, vmax=1, interpolation="nearest")
             note = "ERF (centre unit)"
         else:
-            raise ValueError(f"{label}: cannot draw {type(item).__name__}; give an attention/window/sampling record or an ERF")
+            raise ValueError(f"{label}: cannot draw {type(item).__name__}; give an attention/window/sampling/deformed-grid record or an ERF")
         box = (windows or {}).get(label)
         if box is not None:
             t, l, b, r = box
