@@ -31,7 +31,8 @@ def _max_difference(a, b) -> float:
 
 def measure(model, x, warmup: int = 2, runs: int = 10) -> dict:
     """Median seconds of ``model(x)`` outside and inside ``segviz.capture(model)``, interleaved,
-    under ``torch.inference_mode()``; also the number of records and the largest output difference."""
+    under ``torch.inference_mode()`` (wall clock, and process CPU time as ``*_cpu``); also the
+    number of records and the largest output difference."""
     counts = {}
 
     def plain():
@@ -48,8 +49,10 @@ def measure(model, x, warmup: int = 2, runs: int = 10) -> dict:
 
     with torch.inference_mode():
         err = _max_difference(plain(), recorded())
-        t_plain, t_rec = interleaved_medians([plain, recorded], warmup, runs)
-    return dict(plain=t_plain, capture=t_rec, ratio=t_rec / t_plain, max_difference=err, records=dict(counts))
+        cpu = []
+        t_plain, t_rec = interleaved_medians([plain, recorded], warmup, runs, cpu=cpu)
+    return dict(plain=t_plain, capture=t_rec, ratio=t_rec / t_plain, max_difference=err, records=dict(counts),
+                plain_cpu=cpu[0], capture_cpu=cpu[1], cpu_ratio=cpu[1] / cpu[0])
 
 
 def main() -> None:
@@ -71,7 +74,8 @@ def main() -> None:
           f"max |output difference| {r['max_difference']:.1e}")
     print(f"plain forward      : {r['plain'] * 1e3:8.1f} ms (median of {args.runs})")
     print(f"inside capture(...) : {r['capture'] * 1e3:8.1f} ms (median of {args.runs})")
-    print(f"ratio capture / plain: {r['ratio']:.3f}")
+    print(f"ratio capture / plain: {r['ratio']:.3f} (process CPU time: {r['plain_cpu'] * 1e3:.1f} -> "
+          f"{r['capture_cpu'] * 1e3:.1f} ms, {r['cpu_ratio']:.3f})")
 
 
 if __name__ == "__main__":
