@@ -61,12 +61,15 @@ case "${1:-all}" in
   mask2former)
     # mask2former-nano (issue 10), trained on Scenes objects (Scenes target "panoptic": one segment per
     # object, the background one stuff segment), which is what Mask2Former's set criterion is for:
-    # 1000 steps at 128 px, then 300 at 256 px from those weights. (The first shipped weights were trained
+    # 1000 steps at 128 px, then 300 + 600 at 256 px from those weights. (The first shipped weights were trained
     # the same way on class maps, one segment per class; their cards hold the commands.)
     run mask2former-nano panoptic-128 0 --size 128 --steps 1000 --batch-size 8 --lr 1e-3 --warmup 50 \
         --val-every 250 --val-size 64 --no-progress
     run mask2former-nano panoptic-256 1 --init runs/mask2former-nano-panoptic-128/mask2former-nano.safetensors \
         --size 256 --steps 300 --batch-size 8 --lr 1e-3 --warmup 20 --schedule poly --val-every 150 --val-size 64 --no-progress
+    # a third stage, 600 more steps at 256 px (val mIoU 0.249 -> 0.285); this one is shipped
+    run mask2former-nano panoptic-256b 2 --init runs/mask2former-nano-panoptic-256/mask2former-nano.safetensors \
+        --size 256 --steps 600 --batch-size 8 --lr 1e-3 --warmup 20 --schedule poly --val-every 300 --val-size 64 --no-progress
     ;;
   video)
     # mask2former-video-nano (issue 11): clips of 4 frames at 128 px (Scenes frames=4, panoptic targets:
