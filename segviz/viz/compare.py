@@ -366,7 +366,7 @@ def query_row_figure(image, panels: Mapping[str, object], query: tuple[int, int]
         raise ValueError(f"columns must be a positive integer or None, got {columns!r}")
     cols = n if columns is None else min(columns, n)
     rows = -(-n // cols)
-    fig = style.figure(2.0 * cols if columns is None else 3.0 * cols, (2.8 if columns is None else 3.6) * rows + 0.3)
+    fig = style.figure(2.0 * cols if columns is None else 3.0 * cols, (2.8 if columns is None else 3.8) * rows + 0.3)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax in axes[n:]:
         ax.axis("off")
