@@ -513,8 +513,9 @@ def loss_terms_figure(losses: Sequence[float], val_history: Sequence[tuple[int, 
         mid.plot(steps, wt * by_pred[final][key], color=color, lw=1.5, label=f"{key} ×{wt:g}")
     mid.set_xlabel("step")
     mid.set_ylabel("weighted loss")
-    mid.set_ylim(bottom=0)
-    mid.legend(fontsize=style.SMALL, loc="upper right")
+    top = max(float(np.nanmax(wt * by_pred[final][key])) for key, wt in zip(("class", "mask", "dice"), weights))
+    mid.set_ylim(0, 1.3 * top)  # room for the legend above the curves
+    mid.legend(fontsize=style.SMALL, loc="upper center", ncols=3, handlelength=1.0, columnspacing=0.8)
     mid.set_title("final prediction: matched losses", fontsize=style.SMALL)
     colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(by_pred)))
     for (i, t), color in zip(by_pred.items(), colors):
@@ -522,9 +523,9 @@ def loss_terms_figure(losses: Sequence[float], val_history: Sequence[tuple[int, 
         label = "learnable queries" if i == 0 else f"after layer {i - 1}"
         right.plot(steps, total, color=color, lw=2.2 if i == final else 1.2, label=label)
     right.set_xlabel("step")
-    right.set_ylabel("weighted loss")
-    right.set_ylim(bottom=0)
-    right.legend(fontsize=style.SMALL, loc="upper right", title="prediction", title_fontsize=style.SMALL)
+    right.set_ylabel("weighted loss")  # not from 0: the differences between the predictions are the point
+    right.legend(fontsize=style.SMALL, loc="lower left", title="prediction", title_fontsize=style.SMALL,
+                 framealpha=0.8)
     right.set_title("every prediction (auxiliary losses)", fontsize=style.SMALL)
     if title:
         fig.suptitle(title, fontsize=style.NORMAL)
