@@ -297,8 +297,10 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 16, device=None) -> fl
 
 
 @torch.no_grad()
-def evaluate_panoptic(model: nn.Module, dataset, stuff_classes=(0,), batch_size: int = 16, device=None) -> dict:
-    """:func:`panoptic_quality` of ``model.panoptic(x, stuff_classes)`` on a dataset whose labels
+def evaluate_panoptic(model: nn.Module, dataset, stuff_classes=(0,), batch_size: int = 16, device=None,
+                      object_threshold: float = 0.8, overlap_threshold: float = 0.8) -> dict:
+    """:func:`panoptic_quality` of ``model.panoptic(x, stuff_classes, object_threshold,
+    overlap_threshold)`` (the paper's 0.8 and 0.8 by default) on a dataset whose labels
     are class maps over instance-id maps (``Scenes(..., target="panoptic")``), the true segments
     being its objects and, per stuff class, the pixels of no object; leaves the model in eval mode."""
     from segviz.models.mask2former import panoptic_targets
@@ -313,7 +315,9 @@ def evaluate_panoptic(model: nn.Module, dataset, stuff_classes=(0,), batch_size:
     predictions, targets = [], []
     for start in range(0, len(dataset), batch_size):
         images, labels = _batch(dataset, torch.arange(start, min(start + batch_size, len(dataset))), device)
-        predictions += [tuple(t.cpu() for t in p) for p in model.panoptic(images, stuff_classes=stuff_classes)]
+        found = model.panoptic(images, stuff_classes=stuff_classes, object_threshold=object_threshold,
+                               overlap_threshold=overlap_threshold)
+        predictions += [tuple(t.cpu() for t in p) for p in found]
         targets += [tuple(t.cpu() for t in p) for p in panoptic_targets(labels)]
     return panoptic_quality(predictions, targets, model.num_classes)
 

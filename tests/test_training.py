@@ -673,7 +673,7 @@ def test_evaluate_panoptic_refuses_models_and_labels_it_cannot_score():
             self.w = torch.nn.Parameter(torch.zeros(1))
             self.answers = [panoptic_targets(data[i][1][None])[0] for i in range(len(data))]
 
-        def panoptic(self, images, stuff_classes=()):
+        def panoptic(self, images, stuff_classes=(), object_threshold=0.8, overlap_threshold=0.8):
             out, self.answers = self.answers[:len(images)], self.answers[len(images):]
             return out
 
