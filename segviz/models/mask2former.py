@@ -459,28 +459,34 @@ def panoptic_targets(labels: Tensor, ignore_index: int = 255) -> list[tuple[Tens
     background). This is Mask2Former's panoptic / instance training data
     (``COCOPanopticNewBaselineDatasetMapper``): two objects of one class are two targets.
     ``ignore_index`` pixels belong to no segment."""
-    out = []
-    for semantic, instances in labels:
-        keep = semantic != ignore_index
-        classes, masks = [], []
-        stuff = (instances == 0) & keep
-        for c in semantic[stuff].unique():
-            classes.append(c)
-            masks.append(stuff & (semantic == c))
-        for k in instances[(instances > 0) & keep].unique():
-            mask = (instances == k) & keep
-            values = semantic[mask].unique()
-            if len(values) != 1:
-                raise ValueError(f"instance {int(k)} covers pixels of classes {values.tolist()}; "
-                                 f"every object must have one class")
-            classes.append(values[0])
-            masks.append(mask)
-        if not masks:
-            out.append((torch.zeros(0, dtype=torch.int64, device=labels.device),
-                        torch.zeros(0, *labels.shape[-2:], dtype=torch.bool, device=labels.device)))
-        else:
-            out.append((torch.stack(classes).long(), torch.stack(masks)))
-    return out
+    return [object_segments(semantic, instances, ignore_index) for semantic, instances in labels]
+
+
+def object_segments(semantic: Tensor, instances: Tensor, ignore_index: int = 255) -> tuple[Tensor, Tensor]:
+    """One sample's segments from its class map and instance-id map (same shape, any number of
+    dimensions: (H, W) for an image, (T, H, W) for a clip, whose segments are then tubes): per
+    class present on the pixels of no object (id 0) one stuff segment, then one segment per
+    object id k > 0 (its class read from the class map, which must be the same on all its
+    pixels). Returns (classes (S,) int64, masks (S, *shape) bool); ``ignore_index`` pixels
+    belong to no segment."""
+    keep = semantic != ignore_index
+    classes, masks = [], []
+    stuff = (instances == 0) & keep
+    for c in semantic[stuff].unique():
+        classes.append(c)
+        masks.append(stuff & (semantic == c))
+    for k in instances[(instances > 0) & keep].unique():
+        mask = (instances == k) & keep
+        values = semantic[mask].unique()
+        if len(values) != 1:
+            raise ValueError(f"instance {int(k)} covers pixels of classes {values.tolist()}; "
+                             f"every object must have one class")
+        classes.append(values[0])
+        masks.append(mask)
+    if not masks:
+        return (torch.zeros(0, dtype=torch.int64, device=semantic.device),
+                torch.zeros(0, *semantic.shape, dtype=torch.bool, device=semantic.device))
+    return torch.stack(classes).long(), torch.stack(masks)
 
 
 def average_num_masks(count: float, device=None) -> Tensor:

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from segviz.models import swin
 from segviz.models.mask2former import (
     LEVELS, MaskedTransformerDecoder, PixelDecoder, PredictionHeads, SetCriterion, _check_config, bce_loss,
-    dice_loss, hungarian_match, pairwise_bce, pairwise_dice, point_sample, uncertain_points,
+    dice_loss, hungarian_match, object_segments, pairwise_bce, pairwise_dice, point_sample, uncertain_points,
 )
 from segviz.nn.checks import check_int
 from segviz.nn.contract import SegmentationModel
@@ -187,25 +187,7 @@ def video_targets(labels: Tensor, ignore_index: int = 255) -> list[tuple[Tensor,
     out = []
     for clip in labels:
         semantic, instances = (clip[:, 0], clip[:, 1]) if clip.dim() == 4 else (clip, torch.zeros_like(clip))
-        keep = semantic != ignore_index
-        classes, masks = [], []
-        stuff = (instances == 0) & keep
-        for c in semantic[stuff].unique():
-            classes.append(c)
-            masks.append(stuff & (semantic == c))
-        for k in instances[(instances > 0) & keep].unique():
-            mask = (instances == k) & keep
-            values = semantic[mask].unique()
-            if len(values) != 1:
-                raise ValueError(f"instance {int(k)} covers pixels of classes {values.tolist()}; "
-                                 f"every object must have one class")
-            classes.append(values[0])
-            masks.append(mask)
-        if masks:
-            out.append((torch.stack(classes).long(), torch.stack(masks)))
-        else:
-            out.append((torch.zeros(0, dtype=torch.int64, device=labels.device),
-                        torch.zeros(0, *semantic.shape, dtype=torch.bool, device=labels.device)))
+        out.append(object_segments(semantic, instances, ignore_index))  # (T, H, W) maps: the segments are tubes
     return out
 
 
