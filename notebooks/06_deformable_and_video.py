@@ -401,14 +401,14 @@ for key, label in (("video", "video model (tubes)"), ("image_model_per_frame", "
 print(f"(shipped card, {vcard['shipped']['eval']['n']} held-out clips: per-frame mIoU {vcard['shipped']['val_miou']:.3f})")
 
 # %% [markdown]
-# **Reading the numbers.** On these 16 clips the video model's per-frame mIoU is a little below the image
-# model's (0.20 against 0.23); on the 100 held-out clips of its card it is 0.257, and the image model on the
-# same 400 frames gives 0.252 (`python experiments/video_eval.py`): about the same quality per frame, from a
-# model with 40% of the image model's parameters, trained at 128 px only. Where the video model differs is
-# identity: frame by frame its objects stay with one query in 85% of the steps from one frame to the next
-# (80% over the 100 clips), and 74% of the objects keep one query through all four frames (63% over the 100
-# clips), against 71% and 49% (72% and 50%) for the image model, whose queries are tied across frames only
-# by habit. The tubes do not keep identity always, and the per-frame measure is strict: above, the large
+# **Reading the numbers.** On these 16 clips the video model's per-frame mIoU is below the image model's
+# (0.20 against 0.23); on the 100 held-out clips of its card it is 0.257, and the image model on the same 400
+# frames gives 0.227 (`python experiments/video_eval.py`): about the same quality per frame, from a model with
+# 40% of the image model's parameters, trained at 128 px only (the image model was trained mostly at 256 px).
+# Where the video model differs is identity: frame by frame its objects stay with one query in 85% of the
+# steps from one frame to the next (80% over the 100 clips), and 74% of the objects keep one query through all
+# four frames (63% over the 100 clips), against 63% and 34% (61% and 36%) for the image model, whose queries
+# are tied across frames only by habit. The tubes do not keep identity always, and the per-frame measure is strict: above, the large
 # cross on the left is covered mostly by query 10 in every frame, yet matched frame by frame to query 1 in
 # frames 2 and 3, where query 1's pixels grow along its arms; the small cross is shared by two queries and
 # the tube matching pairs it with a third one that wins almost no pixel (drawn white).
