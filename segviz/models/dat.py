@@ -381,17 +381,11 @@ class DATClassifier(DAT):
 
 
 class DATBackbone(DAT):
-    """The dense-prediction backbone: the hierarchy with a LayerNorm on each stage's output."""
+    """The dense-prediction backbone: the hierarchy with a LayerNorm on each stage's output.
+    Takes :class:`DAT`'s arguments."""
 
-    def __init__(self, in_chans: int = 3, embed_dims: Sequence[int] = (96, 192, 384, 768),
-                 num_heads: Sequence[int] = (3, 6, 12, 24),
-                 stage_spec: Sequence[str] = ("LS", "LS", "LDLDLD", "LD"), window_size: int = 7,
-                 groups: Sequence[int] = (1, 1, 3, 6), strides: Sequence[int] = (1, 1, 1, 1),
-                 offset_range_factor: Sequence[float] = (2.0, 2.0, 2.0, 2.0),
-                 kernel_sizes: Sequence[int] = KERNEL_SIZES, mlp_ratio: float = 4.0, drop_path_rate: float = 0.2,
-                 img_size: int = 224, patch_size: int = 4):
-        super().__init__(in_chans, embed_dims, num_heads, stage_spec, window_size, groups, strides,
-                         offset_range_factor, kernel_sizes, mlp_ratio, drop_path_rate, img_size, patch_size)
+    def __init__(self, **config):
+        super().__init__(**config)
         self.norms = nn.ModuleList(swin.StageNorm(dim) for dim in self.embed_dims)
 
     def forward(self, x: Tensor) -> list[Tensor]:
@@ -409,8 +403,10 @@ def upernet_dat(num_classes: int = 150, channels: int = 512, aux_channels: int =
     """UperNet (with the auxiliary FCN head on stage 3) on :class:`DATBackbone`, as the paper's
     ADE20K models."""
     check_int("UperNet", "num_classes", num_classes)
-    backbone = DATBackbone(in_chans, embed_dims, num_heads, stage_spec, window_size, groups, strides,
-                           offset_range_factor, kernel_sizes, mlp_ratio, drop_path_rate, img_size, patch_size)
+    backbone = DATBackbone(in_chans=in_chans, embed_dims=embed_dims, num_heads=num_heads, stage_spec=stage_spec,
+                           window_size=window_size, groups=groups, strides=strides,
+                           offset_range_factor=offset_range_factor, kernel_sizes=kernel_sizes, mlp_ratio=mlp_ratio,
+                           drop_path_rate=drop_path_rate, img_size=img_size, patch_size=patch_size)
     return UperNet(backbone, num_classes, channels, dropout=dropout, aux_channels=aux_channels, aux_weight=aux_weight,
                    in_chans=in_chans)
 
