@@ -4,8 +4,11 @@ same input, same process, runs alternating, median of N.
 
     python benchmarks/capture_overhead.py [--model segformer-b0] [--size 512] [--runs 10] [--threads N]
 
-Inside ``capture`` every attention takes the explicit path (it must form the probabilities
-to hand them over) instead of ``scaled_dot_product_attention``; the budget is 1.10x.
+Inside ``capture`` the attention keeps its fused path; each record keeps its call's q, k and
+additive term and forms the probabilities when first read. The budget, 1.10x, is for the
+forward pass inside ``capture``. A third column times capture *and* reading every record's
+``probs`` (what a notebook pays when it looks at every attention map), so the cost that moved
+to the first read is shown too.
 """
 from __future__ import annotations
 
@@ -47,12 +50,21 @@ def measure(model, x, warmup: int = 2, runs: int = 10) -> dict:
                 counts[kind] = len(rec.records(kind=kind))
         return out
 
+    def recorded_and_read():
+        with segviz.capture(model) as rec:
+            out = model(x)
+        for record in rec.records():
+            if hasattr(record, "is_computed"):
+                record.probs  # noqa: B018 (reading forms the probabilities)
+        return out
+
     with torch.inference_mode():
         err = _max_difference(plain(), recorded())
         cpu = []
-        t_plain, t_rec = interleaved_medians([plain, recorded], warmup, runs, cpu=cpu)
+        t_plain, t_rec, t_read = interleaved_medians([plain, recorded, recorded_and_read], warmup, runs, cpu=cpu)
     return dict(plain=t_plain, capture=t_rec, ratio=t_rec / t_plain, max_difference=err, records=dict(counts),
-                plain_cpu=cpu[0], capture_cpu=cpu[1], cpu_ratio=cpu[1] / cpu[0])
+                plain_cpu=cpu[0], capture_cpu=cpu[1], cpu_ratio=cpu[1] / cpu[0],
+                capture_read=t_read, read_ratio=t_read / t_plain)
 
 
 def main() -> None:
@@ -76,6 +88,8 @@ def main() -> None:
     print(f"inside capture(...) : {r['capture'] * 1e3:8.1f} ms (median of {args.runs})")
     print(f"ratio capture / plain: {r['ratio']:.3f} (process CPU time: {r['plain_cpu'] * 1e3:.1f} -> "
           f"{r['capture_cpu'] * 1e3:.1f} ms, {r['cpu_ratio']:.3f})")
+    print(f"capture + reading every record's probs: {r['capture_read'] * 1e3:8.1f} ms, "
+          f"{r['read_ratio']:.3f}x the plain forward (the softmax moved to the first read)")
 
 
 if __name__ == "__main__":

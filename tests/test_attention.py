@@ -93,9 +93,9 @@ def test_large_finite_negative_bias_gives_exact_zeros_and_the_same_output():
 
 
 @pytest.mark.parametrize("bias_shape", [None, (1, 2, 1024, 512), (2, 1, 1024, 512)])
-def test_long_maps_are_computed_in_row_blocks_with_the_same_numbers(bias_shape, monkeypatch):
-    """Inference on the CPU with Nq·Nk >= 2^19 per head: the explicit path works in blocks of
-    query rows; output and recorded probabilities match the unblocked path and the formula."""
+def test_long_maps_are_formed_in_row_blocks_with_the_same_numbers(bias_shape, monkeypatch):
+    """Reading the probabilities of a long map (Nq·Nk >= 2^18 per head) on the CPU: they are
+    formed in blocks of query rows and match the unblocked path and the formula."""
     import importlib
 
     kernel = importlib.import_module("segviz.nn.attention")  # the module (segviz.nn.attention is also the function)
@@ -108,16 +108,69 @@ def test_long_maps_are_computed_in_row_blocks_with_the_same_numbers(bias_shape, 
     assert 1024 * 512 >= kernel._CHUNK_ABOVE
     with torch.no_grad():
         with capture(module) as rec:
-            blocked = attention(q, k, v, bias=bias, module=module, q_hw=(32, 32), k_hw=(16, 32))
+            recorded = attention(q, k, v, bias=bias, module=module, q_hw=(32, 32), k_hw=(16, 32))
+        blocked = rec.attention[""].probs
         monkeypatch.setattr(kernel, "_CHUNK_ABOVE", 1 << 40)
         with capture(module) as rec_plain:
-            unblocked = attention(q, k, v, bias=bias, module=module, q_hw=(32, 32), k_hw=(16, 32))
+            attention(q, k, v, bias=bias, module=module, q_hw=(32, 32), k_hw=(16, 32))
+        unblocked = rec_plain.attention[""].probs
         fast = attention(q, k, v, bias=bias)
-    probs = rec.attention[""].probs
-    assert probs.shape == (2, 2, 1024, 512)
-    assert (blocked - unblocked).abs().max() < 1e-6
-    assert (probs - rec_plain.attention[""].probs).abs().max() < 1e-7
-    assert (blocked - fast).abs().max() < 1e-5
-    assert (probs - torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8) + (0 if bias is None else bias), -1)).abs().max() < 1e-6
+    assert blocked.shape == (2, 2, 1024, 512)
+    assert (blocked - unblocked).abs().max() < 1e-7
+    assert torch.equal(recorded, fast)
+    assert (blocked - torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8) + (0 if bias is None else bias), -1)).abs().max() < 1e-6
     if bias is not None:
-        assert torch.all(probs[..., :7] == 0)
+        assert torch.all(blocked[..., :7] == 0)
+
+
+def test_recording_for_inference_keeps_the_fast_path_and_forms_probabilities_on_first_read():
+    """Without autograd, recording does not change the output by a single bit, and the record's
+    probabilities are formed only when read (then kept)."""
+    torch.manual_seed(0)
+    module = ToyAttention(dim=8, heads=2)
+    x = torch.randn(2, 12, 8)
+    with torch.no_grad():
+        plain = module(x, (3, 4))
+        with capture(module) as rec:
+            recorded = module(x, (3, 4))
+    assert torch.equal(plain, recorded)
+    record = rec.attention[""]
+    assert not record.is_computed("probs")
+    assert record.heads == 2 and not record.is_computed("probs")  # the shape is known without forming them
+    probs = record.probs
+    assert record.is_computed("probs") and record.probs is probs  # formed once
+    q, k, _ = module.qkv(x).reshape(2, 12, 3, 2, 4).permute(2, 0, 3, 1, 4)
+    assert (probs - torch.softmax(q @ k.transpose(-2, -1) / 2, -1)).abs().max() < 1e-6
+
+
+def test_probabilities_read_outside_inference_mode():
+    module = ToyAttention(dim=8, heads=2)
+    x = torch.randn(1, 12, 8)
+    with torch.inference_mode(), capture(module) as rec:
+        module(x, (3, 4))
+    probs = rec.attention[""].probs  # read after the inference_mode block
+    assert torch.allclose(probs.sum(-1), torch.ones(1, 2, 12), atol=1e-6)
+
+
+def test_changing_q_in_place_before_the_first_read_is_a_clear_error():
+    q, k, v = _qkv()
+    module = ToyAttention(dim=8, heads=3)
+    with capture(module) as rec:
+        attention(q, k, v, module=module, q_hw=(2, 5), k_hw=(1, 7))
+    q.mul_(2.0)
+    with pytest.raises(ValueError, match="modified in place"):
+        rec.attention[""].probs
+
+
+def test_recording_with_autograd_changes_nothing_and_still_records():
+    module = ToyAttention(dim=8, heads=2)
+    x = torch.randn(1, 12, 8, requires_grad=True)
+    plain = module(x, (3, 4))
+    (grad_plain,) = torch.autograd.grad(plain.square().sum(), x)
+    with capture(module) as rec:
+        out = module(x, (3, 4))
+    (grad_recorded,) = torch.autograd.grad(out.square().sum(), x)
+    assert torch.equal(out, plain) and torch.equal(grad_recorded, grad_plain)
+    probs = rec.attention[""].probs
+    assert not probs.requires_grad  # records are detached
+    assert torch.allclose(probs.sum(-1), torch.ones(1, 2, 12), atol=1e-6)

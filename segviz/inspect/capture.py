@@ -19,8 +19,11 @@ Name patterns: ``*`` matches within one dotted part of a name, ``**`` across par
 one character: ``"encoder.stages.*"`` is the stages themselves, ``"encoder.**.attn"`` every
 attention below the encoder.
 
-Outside the block nothing is stored and the fast attention path runs: recording costs
-nothing unless asked for, and never changes the model's output.
+Outside the block nothing is stored. Inside it the attention still takes its fast fused path:
+a record keeps the q, k and additive term of its call and forms the probabilities when its
+``probs`` is first read (``segviz.nn.attention.DeferredProbs``). So recording costs little
+(about the memory of the queries and keys it keeps), never changes the model's output, and a
+record nobody reads costs no softmax.
 """
 from __future__ import annotations
 
@@ -67,27 +70,30 @@ class Recorder:
         unknown = self.kinds - set(known)
         if unknown:
             raise ValueError(f"unknown record kinds {sorted(unknown)}; known kinds: {sorted(known)}")
-        self._names = {id(m): name for name, m in model.named_modules()}
+        modules = list(model.named_modules())
+        self._names = {id(m): name for name, m in modules}
         include = _patterns(include, "include")
-        # a module is included when it, or a module containing it, matches
-        self._included = {
-            id(m) for name, m in model.named_modules()
-            if include is None or any(name_matches(".".join(name.split(".")[:i]), include)
-                                      for i in range(1, name.count(".") + 2))
+        # a module is included when it, or a module containing it, matches (None: every module of the model)
+        self._included = None if include is None else {
+            id(m) for name, m in modules
+            if any(name_matches(".".join(name.split(".")[:i]), include) for i in range(1, name.count(".") + 2))
         }
         default = getattr(model, "feature_modules", ())
         patterns = _patterns(features, "features") if features is not None else tuple(default)
         self.feature_modules = [
-            (name, m) for name, m in model.named_modules()
-            if "feature" in self.kinds and id(m) in self._included and name_matches(name, patterns)
-        ]
+            (name, m) for name, m in modules
+            if "feature" in self.kinds and self._includes(m) and name_matches(name, patterns)
+        ] if patterns else []
         if features is not None and not self.feature_modules and "feature" in self.kinds:
             raise ValueError(f"features={features!r} matches no module of {type(model).__name__} "
                              f"(names look like {', '.join(n for n, _ in list(model.named_modules())[1:4])})")
         self._calls: list[tuple[str, str, object]] = []  # (module name, kind, record) in call order
 
+    def _includes(self, module: nn.Module) -> bool:
+        return id(module) in (self._names if self._included is None else self._included)
+
     def _wants(self, module: nn.Module, kind: str) -> bool:
-        return kind in self.kinds and id(module) in self._included
+        return kind in self.kinds and self._includes(module)
 
     def _store(self, module: nn.Module, kind: str, record: object) -> None:
         self._calls.append((self._names[id(module)], kind, record))

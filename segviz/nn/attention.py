@@ -7,14 +7,20 @@ B broadcastable to (B, heads, Nq, Nk): a mask of 0 / -inf, a relative position b
 
 Two paths give the same numbers:
 * the fast path, ``torch.nn.functional.scaled_dot_product_attention`` (fused, memory-light);
-* the explicit path, which forms the (Nq, Nk) probability matrix. It runs when a
-  :func:`segviz.capture` recorder wants this module's probabilities, or when
-  :func:`explicit_attention` is active (FLOP counting: the flop counter does not see
-  inside the CPU SDPA kernel, but it does see the two explicit matmuls). On the CPU it flushes
-  weights below e^-80 of their row's largest to zero when the bias has large finite negative
-  entries (:func:`_flush`: float32 denormals are slow), and without autograd it works on long
-  maps in blocks of query rows (:func:`_explicit_in_row_blocks`); ``benchmarks/capture_overhead.py``
-  times what recording costs.
+* the explicit path, which forms the (Nq, Nk) probability matrix and multiplies it with V. It
+  runs when :func:`explicit_attention` is active (FLOP counting: the flop counter does not see
+  inside the CPU SDPA kernel, but it does see the two explicit matmuls).
+
+Recording takes the fast path too and hands the recorder a :class:`DeferredProbs`: q, k and the additive term of this call, from which the
+record forms the probabilities when they are first read (:func:`probabilities`, the same
+operations as the explicit path). So a forward pass inside ``capture`` costs about what it
+costs outside, and gives exactly the same output (records are detached from autograd in
+either case, see :func:`segviz.nn.recording.emit`); reading a record's ``probs`` costs one
+softmax over its matrix. ``benchmarks/capture_overhead.py`` times both.
+
+Forming probabilities on the CPU, the kernel flushes weights below e^-80 of their row's largest
+to zero when the bias has large finite negative entries (:func:`_flush`: float32 denormals are
+slow), and works on long maps in blocks of query rows (:func:`_probabilities_in_row_blocks`).
 """
 from __future__ import annotations
 
@@ -88,26 +94,66 @@ def attention(
     if not wants_record and _explicit_depth == 0:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
 
-    flush = bias is not None and q.device.type == "cpu" and _has_large_finite_negative(bias)
-    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
-                                        or (bias is not None and bias.requires_grad))
-    b, heads, nq, _ = q.shape
-    if not grad and q.device.type == "cpu" and nq * k.shape[-2] >= _CHUNK_ABOVE:
-        out, probs = _explicit_in_row_blocks(q, k, v, bias, scale, flush)
-        if wants_record:
-            recording.emit(module, kind, probs=probs, **record_fields)
-        return out
+    if _explicit_depth == 0:  # recording: the fast path, and probabilities formed on first read
+        recording.emit(module, kind, probs=DeferredProbs(q, k, bias, scale), **record_fields)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
 
-    logits = q @ (k.transpose(-2, -1) * scale)  # scaling k: Nk·d products instead of Nq·d
-    if bias is not None:
-        logits += bias
-        if flush:
-            logits = _flush(logits)
-    # softmax in place when no gradient is needed: one (Nq, Nk) buffer instead of two
-    probs = logits.softmax(dim=-1) if logits.requires_grad else torch.softmax(logits, dim=-1, out=logits)
+    probs = _explicit_probabilities(q, k, bias, scale)
     if wants_record:
         recording.emit(module, kind, probs=probs, **record_fields)
     return probs @ v
+
+
+class DeferredProbs(recording.Deferred):
+    """The probabilities softmax(q kᵀ · scale + bias) of one attention call, kept as that call's
+    q, k and bias until a record's ``probs`` is first read. Shape (B, heads, Nq, Nk).
+
+    The tensors are the forward pass's own (detached, not copied); if one of them is modified in
+    place before the first read, reading raises a ValueError instead of returning wrong numbers.
+    """
+
+    def __init__(self, q: Tensor, k: Tensor, bias: Tensor | None, scale: float):
+        self.q, self.k = q.detach(), k.detach()
+        self.bias = None if bias is None else bias.detach()
+        self.scale = scale
+        self.shape = torch.Size((*q.shape[:-1], k.shape[-2]))
+        self._versions = self._current_versions()
+
+    def _current_versions(self) -> tuple:
+        # inference-mode tensors keep no version counter (and cannot be changed outside inference mode)
+        return tuple(None if t is None or t.is_inference() else t._version for t in (self.q, self.k, self.bias))
+
+    def materialize(self) -> Tensor:
+        if self._current_versions() != self._versions:
+            raise ValueError(
+                "the q, k or bias tensors of this attention record were modified in place after the forward "
+                "pass, so its probabilities can no longer be formed; read record.probs before modifying them"
+            )
+        with torch.no_grad():
+            return probabilities(self.q, self.k, self.bias, self.scale)
+
+
+def probabilities(q: Tensor, k: Tensor, bias: Tensor | None = None, scale: float | None = None) -> Tensor:
+    """softmax(q kᵀ · scale + bias): (B, heads, Nq, Nk) for q (B, heads, Nq, d), k (B, heads, Nk, d).
+
+    The explicit path's operations; on the CPU without autograd long maps go in row blocks."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad
+                                        or (bias is not None and bias.requires_grad))
+    if not grad and q.device.type == "cpu" and q.shape[-2] * k.shape[-2] >= _CHUNK_ABOVE:
+        flush = bias is not None and _has_large_finite_negative(bias)
+        return _probabilities_in_row_blocks(q, k, bias, scale, flush)
+    return _explicit_probabilities(q, k, bias, scale)
+
+
+def _explicit_probabilities(q: Tensor, k: Tensor, bias: Tensor | None, scale: float) -> Tensor:
+    logits = q @ (k.transpose(-2, -1) * scale)  # scaling k: Nk·d products instead of Nq·d
+    if bias is not None:
+        logits += bias
+        if q.device.type == "cpu" and _has_large_finite_negative(bias):
+            logits = _flush(logits)
+    # softmax in place when no gradient is needed: one (Nq, Nk) buffer instead of two
+    return logits.softmax(dim=-1) if logits.requires_grad else torch.softmax(logits, dim=-1, out=logits)
 
 
 def _has_large_finite_negative(bias: Tensor) -> bool:
@@ -134,24 +180,20 @@ def _flush(logits: Tensor) -> Tensor:
     return logits.masked_fill(blocked, -math.inf) if logits.requires_grad else logits.masked_fill_(blocked, -math.inf)
 
 
-def _explicit_in_row_blocks(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float,
-                            flush: bool) -> tuple[Tensor, Tensor]:
-    """The explicit path for long (Nq, Nk) maps on the CPU without autograd, in blocks of query
-    rows: each block's logits go straight into their rows of the probability tensor, and its
-    softmax and its product with v run while the block is still in cache. Unblocked, the whole
-    (Nq, Nk) matrix went through memory three times (logits written, softmax read and write,
-    probs · v read); now it is written once. Every row gets the same operations as unblocked
-    (each output row depends on its own row of probabilities only); the matrix products may
-    round differently (float rounding; on the shapes measured here the numbers were identical).
-    Returns (out (B, heads, Nq, dv), probs (B, heads, Nq, Nk))."""
+def _probabilities_in_row_blocks(q: Tensor, k: Tensor, bias: Tensor | None, scale: float,
+                                 flush: bool) -> Tensor:
+    """:func:`probabilities` for long (Nq, Nk) maps on the CPU without autograd, in blocks of query
+    rows: each block's logits go straight into their rows of the result, and its softmax runs
+    while the block is still in cache (unblocked, the whole matrix goes through memory twice:
+    logits written, then read and written by the softmax). Every row gets the same operations
+    as unblocked; the matrix product may round differently (float rounding).
+    Returns (B, heads, Nq, Nk)."""
     b, heads, nq, d = q.shape
-    nk, dv = k.shape[-2], v.shape[-1]
+    nk = k.shape[-2]
     q3 = q.reshape(b * heads, nq, d)
     kt = (k.transpose(-2, -1) * scale).reshape(b * heads, d, nk)
-    v3 = v.reshape(b * heads, nk, dv)
     bias = None if bias is None else bias.expand(b, heads, nq, nk)  # a view: no copy of a broadcast bias
     probs = q.new_empty(b * heads, nq, nk)
-    out = q.new_empty(b * heads, nq, dv)
     rows = max(1, _BLOCK // nk)
     for i in range(b * heads):
         for start in range(0, nq, rows):
@@ -163,8 +205,7 @@ def _explicit_in_row_blocks(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None
                 if flush:
                     _flush(block)
             torch.softmax(block, dim=-1, out=block)
-            torch.mm(block, v3[i], out=out[i, start:end])
-    return out.view(b, heads, nq, dv), probs.view(b, heads, nq, nk)
+    return probs.view(b, heads, nq, nk)
 
 
 def attention_macs(batch: int, heads: int, nq: int, nk: int, head_dim: int, value_dim: int | None = None) -> int:

@@ -25,6 +25,12 @@ Every record with a ``map_for(query, head)`` returns a 2-D map on its own grid (
 which covers the whole input image: cell (i, j) of an (h, w) grid stands for the image pixels
 [i·H/h, (i+1)·H/h) × [j·W/w, (j+1)·W/w). That is all ``segviz.viz`` needs to draw any of them.
 
+A record may hold a field as a :class:`Deferred` value: something computed only when first
+read. The attention kernel hands over ``probs`` that way when no gradient is needed: the
+forward pass keeps its fast fused path and the record keeps q, k and the additive term, so
+recording costs almost nothing and the (Nq, Nk) matrix is formed when (and if) someone reads
+``record.probs``. Code that reads records sees plain tensors either way.
+
 Record kinds are extensible: :func:`register_kind` adds a name and the dataclass that holds one
 record of it.
 """
@@ -63,9 +69,67 @@ def query_cell(pixel_yx: tuple[int, int], image_hw: tuple[int, int], grid_hw: tu
     return min(y * h // big_h, h - 1), min(x * w // big_w, w - 1)
 
 
+# --------------------------------------------------------------------------- fields computed on first read
+class Deferred:
+    """A record field whose value is computed when it is first read.
+
+    Subclasses set ``shape`` (a ``torch.Size``) and implement :meth:`materialize`. Records check
+    shapes at construction without computing anything (``shape``, ``dim()``, ``reshape()``)."""
+
+    shape: torch.Size
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def reshape(self, *shape) -> Deferred:
+        return _ReshapedDeferred(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
+
+    def materialize(self) -> Tensor:
+        raise NotImplementedError
+
+
+class _ReshapedDeferred(Deferred):
+    def __init__(self, inner: Deferred, shape):
+        self.inner = inner
+        self.shape = torch.empty(inner.shape, device="meta").reshape(*shape).shape
+
+    def materialize(self) -> Tensor:
+        return self.inner.materialize().reshape(self.shape)
+
+
+class _ReadOnFirstUse:
+    """Mixin for record dataclasses: fields handed over as :class:`Deferred` are computed (once)
+    when first read, and are plain tensors from then on. Call :meth:`_defer` last in
+    ``__post_init__``."""
+
+    def _defer(self) -> None:
+        pending = {name: value for name, value in vars(self).items() if isinstance(value, Deferred)}
+        for name in pending:
+            del self.__dict__[name]
+        self.__dict__["_pending"] = pending
+
+    def _shape_of(self, name: str) -> torch.Size:
+        """A field's shape without computing it."""
+        pending = self.__dict__.get("_pending") or {}
+        return pending[name].shape if name in pending else getattr(self, name).shape
+
+    def is_computed(self, name: str = "probs") -> bool:
+        """Has field ``name`` been computed yet (False while it waits for its first read)?"""
+        return name not in (self.__dict__.get("_pending") or {})
+
+    def __getattr__(self, name: str):  # only called for attributes not found the normal way
+        pending = self.__dict__.get("_pending") or {}
+        if name in pending:
+            value = pending[name].materialize()
+            self.__dict__[name] = value
+            del pending[name]
+            return value
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
 # --------------------------------------------------------------------------- attention over a grid
 @dataclasses.dataclass
-class AttentionRecord:
+class AttentionRecord(_ReadOnFirstUse):
     """Global or spatial-reduction attention of one call.
 
     probs: (B, heads, Nq, Nk); q_hw / k_hw: the query and key grids (h, w), so that row
@@ -80,10 +144,11 @@ class AttentionRecord:
 
     def __post_init__(self):
         self.q_hw, self.k_hw = _hw(self.q_hw, "q_hw"), _hw(self.k_hw, "k_hw")
+        self._defer()
 
     @property
     def heads(self) -> int:
-        return int(self.probs.shape[1])
+        return int(self._shape_of("probs")[1])
 
     @property
     def grid_hw(self) -> tuple[int, int] | None:
@@ -112,7 +177,7 @@ class AttentionRecord:
 
 # --------------------------------------------------------------------------- window attention
 @dataclasses.dataclass
-class WindowAttentionRecord:
+class WindowAttentionRecord(_ReadOnFirstUse):
     """Attention inside non-overlapping M×M windows, optionally cyclically shifted (Swin).
 
     The block pads its (h, w) map right/bottom to (h_p, w_p), multiples of M, rolls it by
@@ -144,6 +209,7 @@ class WindowAttentionRecord:
                 f"window probs must be (B*{windows}, heads, {m2}, {m2}) or (B, {windows}, heads, {m2}, {m2}) "
                 f"for a {self.feature_hw} map in {self.window}x{self.window} windows; got {tuple(self.probs.shape)}"
             )
+        self._defer()
 
     @property
     def padded_hw(self) -> tuple[int, int]:
@@ -161,7 +227,7 @@ class WindowAttentionRecord:
 
     @property
     def heads(self) -> int:
-        return int(self.probs.shape[2])
+        return int(self._shape_of("probs")[2])
 
     @property
     def q_hw(self) -> tuple[int, int]:
@@ -291,7 +357,7 @@ class SamplingRecord:
 
 # --------------------------------------------------------------------------- masked attention
 @dataclasses.dataclass
-class MaskedAttentionRecord:
+class MaskedAttentionRecord(_ReadOnFirstUse):
     """Masked cross-attention (Mask2Former): object queries attend to the pixels of a feature map,
     only inside the mask predicted by the previous layer.
 
@@ -310,10 +376,11 @@ class MaskedAttentionRecord:
             raise ValueError(f"mask must be boolean (True = blocked), got {self.mask.dtype}")
         if self.probs.shape[-1] != self.k_hw[0] * self.k_hw[1]:
             raise ValueError(f"probs have {self.probs.shape[-1]} keys but k_hw {self.k_hw} has {self.k_hw[0] * self.k_hw[1]}")
+        self._defer()
 
     @property
     def heads(self) -> int:
-        return int(self.probs.shape[1])
+        return int(self._shape_of("probs")[1])
 
     @property
     def grid_hw(self) -> tuple[int, int]:
@@ -321,8 +388,9 @@ class MaskedAttentionRecord:
 
     def _row(self, query: int, head: int) -> None:
         _check_head(self.heads, head)
-        if not 0 <= int(query) < self.probs.shape[2]:
-            raise ValueError(f"query {query} out of range: there are {self.probs.shape[2]} queries")
+        queries = self._shape_of("probs")[2]
+        if not 0 <= int(query) < queries:
+            raise ValueError(f"query {query} out of range: there are {queries} queries")
 
     def map_for(self, query: int, head: int = 0, batch: int = 0) -> Tensor:
         """(kh, kw) attention of object query ``query`` over the pixels."""
@@ -332,13 +400,13 @@ class MaskedAttentionRecord:
     def mask_for(self, query: int, head: int = 0, batch: int = 0) -> Tensor:
         """(kh, kw) boolean map, True where the query was not allowed to look."""
         self._row(query, head)
-        mask = self.mask.expand_as(self.probs)
+        mask = self.mask.expand(self._shape_of("probs"))
         return mask[batch, head, int(query)].reshape(self.k_hw)
 
 
 # --------------------------------------------------------------------------- DAT's deformed key grid
 @dataclasses.dataclass
-class DeformedGridRecord:
+class DeformedGridRecord(_ReadOnFirstUse):
     """Deformable attention of DAT (Xia et al. 2022) of one call: every query of an (h, w) map
     attends to the same Hk·Wk keys, sampled at a uniform reference grid moved by learned offsets
     (one set of offsets per offset group; the heads of a group share its points).
@@ -368,10 +436,11 @@ class DeformedGridRecord:
             raise ValueError(f"reference must be ({self.key_hw[0]}, {self.key_hw[1]}, 2), got {tuple(self.reference.shape)}")
         if self.heads % self.groups:
             raise ValueError(f"{self.heads} heads do not split into {self.groups} offset groups")
+        self._defer()
 
     @property
     def heads(self) -> int:
-        return int(self.probs.shape[1])
+        return int(self._shape_of("probs")[1])
 
     @property
     def groups(self) -> int:
