@@ -25,6 +25,8 @@ SamplingExplorer     04, mask2former-nano,    ``state`` "init" (records at init)
                      256
 DeepLabExplorer      05, deeplabv3plus-nano,  ``rate``                              ``y``
                      256
+QueryLooksExplorer   06, four models + DCN,   (none: ``state``, a redraw)          ``y``
+                     256
 ==================== ======================== =================================== =====================
 
 Times are wall clock on a machine that may be shared (the load average is printed); the main
@@ -195,8 +197,63 @@ def deeplab_explorer():
     return ex, ex.y, new_rate, "rate (forward at output stride 16)"
 
 
+def query_looks_explorer():
+    """Notebook 06's explorer (six ways a query looks), with its query-dependent DCN taps rebuilt on
+    every move as the notebook does; the DCN probe is left untrained here (its taps are drawn the
+    same way, and the notebook's 100 fitting steps are not what is timed)."""
+    from segviz.nn.deformable_conv import ModulatedDeformConv2d
+    from segviz.viz import deformable_ways as ways
+
+    size = segviz.zoo.find("dat-nano", "scenes").card["image_size"]
+    held_out = Scenes(8, size, seed=0, split="val")
+    image, _ = held_out[2]
+    photo, x = held_out.array(2), image[None]
+
+    def recorded(name, kinds, weights):
+        torch.manual_seed(0)
+        model = segviz.create_model(name, weights=weights).eval()
+        with torch.no_grad(), segviz.capture(model, kinds=kinds) as rec:
+            model(x)
+        return rec
+
+    def pair(name, kinds):
+        return {"init": recorded(name, kinds, None), "trained": recorded(name, kinds, "scenes")}
+
+    segformer, swin = pair("segformer-nano", ["attention"]), pair("upernet-swin-nano", ["window_attention"])
+    mask2former, dat = pair("mask2former-nano", ["sampling"]), pair("dat-nano", ["deformed_grid"])
+    encoder = segviz.create_model("segformer-nano", weights="scenes").eval().encoder
+    with torch.no_grad():
+        features = encoder(x)[2]
+        torch.manual_seed(0)
+        dcn = ModulatedDeformConv2d(features.shape[1], 6).offsets_and_mask(features)
+    feature_hw = tuple(features.shape[-2:])
+
+    def comparison(query):
+        return {
+            "global": {s: segformer[s].attention["encoder.stages.3.blocks.0.attn"] for s in ways.STATES},
+            "reduced": {s: segformer[s].attention["encoder.stages.1.blocks.0.attn"] for s in ways.STATES},
+            "window": {s: swin[s].attention["backbone.stages.1.blocks.0.attn"] for s in ways.STATES},
+            "DCNv2 probe": {s: ways.dcn_taps(*dcn, query, photo.shape[:2], feature_hw) for s in ways.STATES},
+            "Deformable-DETR": {s: mask2former[s].sampling["pixel_decoder.encoder.1.self_attn"] for s in ways.STATES},
+            "DAT": {s: dat[s].attention["backbone.stages.2.blocks.1.attn"] for s in ways.STATES},
+        }
+
+    class MovingQueryExplorer(ways.QueryLooksExplorer):
+        def redraw(self):
+            self.ways = comparison((self.y.value, self.x.value))
+            super().redraw()
+
+    query = (150, 100)
+    ex = MovingQueryExplorer(photo, comparison(query), query=query)
+
+    def other_weights(_k):  # a redraw only: every recording is made before the explorer
+        ex.state.value = "init" if ex.state.value == "trained" else "trained"
+
+    return ex, ex.y, other_weights, "weights trained <-> init (redraw only)"
+
+
 BUILDERS = {"attention": attention_explorer, "isr": isr_explorer, "swin": swin_explorer,
-            "sampling": sampling_explorer, "deeplab": deeplab_explorer}
+            "sampling": sampling_explorer, "deeplab": deeplab_explorer, "query_looks": query_looks_explorer}
 
 
 def measure(name: str, runs: int) -> dict:

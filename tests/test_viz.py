@@ -116,8 +116,10 @@ def test_attention_overlay_draws_the_key_grid_over_the_photo(photo):
     assert "uniform, 1/16" in bar.get_ylabel()
     assert "r = 4, R = r² = 16" in ax.get_title() and "stage 2" in ax.get_title()
     # key grid: 5 horizontal + 5 vertical white lines; then the sr-1 token lines each way in the query's cell
-    white = [l for l in ax.lines if l.get_color() == "white"]
-    assert len(white) == 10
+    from matplotlib.colors import to_rgba
+
+    white = [c for c in ax.collections if to_rgba(c.get_edgecolor()[0], 1) == to_rgba("white")]
+    assert len(white) == 1 and len(white[0].get_segments()) == 10
     # the query token outline is one 4x4 px square at the query's token (y 10 -> row 2, x 50 -> col 12)
     token_box = [r for r in rectangles(ax) if r.get_width() == pytest.approx(4)]
     assert len(token_box) == 1 and token_box[0].get_xy() == pytest.approx((47.5, 7.5))

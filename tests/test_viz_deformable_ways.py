@@ -98,8 +98,14 @@ def test_the_explorer_redraws_when_the_query_moves():
     assert "(y=3, x=4)" in first._suptitle.get_text() and explorer.head.max == 3
     assert len([a for a in first.axes if a.axison]) == 3  # trained only, by default
     explorer.y.value = 30
-    assert explorer.figure is not first and "(y=30, x=4)" in explorer.figure._suptitle.get_text()
+    assert "(y=30, x=4)" in explorer.figure._suptitle.get_text()
     assert explorer.view.value  # a PNG
+    # a query move redraws over the kept figure and photos: the same picture as a new figure
+    assert explorer.figure is first and explorer._sender.renders["over kept photos"] == 1
+    from segviz.viz.explorers import figure_rgb
+
+    fresh = dw.where_a_query_looks(_photo(), explorer.ways, (30, 4), panel=explorer.panel, states=("trained",))
+    assert np.array_equal(explorer._sender.rgb(explorer.figure), figure_rgb(fresh))
     explorer.state.value = "both"
     assert len([a for a in explorer.figure.axes if a.axison]) == 4  # "dat" and "dcn" have no init panel
     with pytest.raises(ValueError, match="states must be some of"):

@@ -28,8 +28,11 @@ from segviz.nn.recording import (
 )
 from segviz.viz import style
 from segviz.viz.arrays import as_image
+from segviz.viz.explorers import FigureSender
 from segviz.viz.mask2former import pixel_query_index
-from segviz.viz.overlays import LEVEL_COLORS, _describe, _draw_sampling, _finish, _heat, _photo, draw_attention
+from segviz.viz.overlays import (
+    LEVEL_COLORS, _describe, _draw_sampling, _finish, _heat, _photo, _segments, draw_attention,
+)
 
 STATES = ("init", "trained")
 GROUP_COLORS = ("#ffcc00", "#ff3b30", "#34c759", "#af52de", "#00e5ff", "#ff9500")
@@ -99,9 +102,9 @@ def _draw_dcn(ax, img, taps: DCNTaps, query):
     joined to their regular tap."""
     _photo(ax, img)
     sy, sx = taps.cell
-    for (rx, ry), (mx, my) in zip(taps.regular, taps.moved):
+    for rx, ry in taps.regular:
         ax.add_patch(_square(rx, ry, sx, sy))
-        ax.plot([rx, mx], [ry, my], color="white", lw=1.0, alpha=0.9)
+    _segments(ax, np.stack([taps.regular, taps.moved], axis=1), color="white", lw=1.0, alpha=0.9)
     ax.scatter(taps.moved[:, 0], taps.moved[:, 1], s=15 + 120 * taps.modulation, facecolor=LEVEL_COLORS[1],
                edgecolor="black", lw=0.6, zorder=3)
     _finish(ax, img, query)
@@ -134,8 +137,7 @@ def _draw_deformed_grid(ax, img, record: DeformedGridRecord, query, head):
     pts = _photo_xy(points.detach().float().cpu().numpy(), img.shape[:2])
     ref = _photo_xy(record.reference.reshape(-1, 2).detach().float().cpu().numpy(), img.shape[:2])
     wts = weights.detach().float().cpu().numpy()
-    for (rx, ry), (px, py) in zip(ref, pts):
-        ax.plot([rx, px], [ry, py], color="white", lw=0.7, alpha=0.8)
+    _segments(ax, np.stack([ref, pts], axis=1), color="white", lw=0.7, alpha=0.8)
     ax.scatter(ref[:, 0], ref[:, 1], s=4, color="white", alpha=0.9)
     color = GROUP_COLORS[record.group_of(head) % len(GROUP_COLORS)]
     ax.scatter(pts[:, 0], pts[:, 1], s=6 + 90 * wts / max(float(wts.max()), 1e-12), facecolor=color,
@@ -209,7 +211,14 @@ def where_a_query_looks(image, ways: Mapping[str, Mapping[str, object]], query: 
     axes = np.atleast_2d(fig.subplots(rows * blocks, columns, squeeze=False))
     for ax in axes.flat:
         ax.set_axis_off()
-    for i, name in enumerate(names):
+    _draw_looks(fig, axes, img, ways, query, head, columns, states, title)
+    return fig
+
+
+def _draw_looks(fig, axes, img, ways, query, head, columns, states, title) -> None:
+    """Draw every way's panels on the axes laid out by :func:`where_a_query_looks`."""
+    rows = len(states)
+    for i, name in enumerate(ways):
         for s, state in enumerate(states):
             ax = axes[rows * (i // columns) + s, i % columns]
             item = ways[name].get(state)
@@ -223,9 +232,21 @@ def where_a_query_looks(image, ways: Mapping[str, Mapping[str, object]], query: 
                 ax.legend(loc="lower right", fontsize=style.SMALL, framealpha=0.8, handletextpad=0.2,
                           borderpad=0.3, labelspacing=0.2)
     weights = f"{states[0]} weights; " if len(states) == 1 else ""
-    fig.suptitle(title or f"where does the query at (y={query[0]}, x={query[1]}) look? ({weights}+: the query)",
-                 fontsize=style.LARGE)
-    return fig
+    text = title or f"where does the query at (y={query[0]}, x={query[1]}) look? ({weights}+: the query)"
+    kept = getattr(fig, "_suptitle", None)
+    if kept is not None:  # a redraw: new text, where the layout put the old one (fig.suptitle would reset it)
+        kept.set_text(text)
+    else:
+        fig.suptitle(text, fontsize=style.LARGE)
+
+
+def _clear_overlays(ax) -> None:
+    """Remove everything drawn over an axes' photo (heat, points, lines, boxes, legend), keeping the
+    photo, the title and the limits, so that :func:`draw_look` can draw the next query on it."""
+    for artist in [*ax.images[1:], *ax.lines, *ax.collections, *ax.patches, *ax.texts]:
+        artist.remove()
+    if ax.get_legend() is not None:
+        ax.get_legend().remove()
 
 
 # ----------------------------------------------------------------------------------------
@@ -306,16 +327,31 @@ class QueryLooksExplorer:
         self.state = widgets.ToggleButtons(options=["trained", "init", "both"], value="trained", description="weights")
         self.view = widgets.Image(format="png")
         self.figure = None
+        self._layout = None  # (states, way names) the figure was laid out for
+        self._sender = FigureSender()
         for control in (self.y, self.x, self.head, self.state):
             control.observe(lambda _change: self.redraw(), names="value")
         self.widget = widgets.VBox([widgets.HBox([self.y, self.x, self.head]), self.state, self.view])
         self.redraw()
 
     def redraw(self) -> None:
+        """Draw the current query. A change of query or head keeps the figure, its axes and photos
+        and redraws only what lies over them; a change of the weights shown lays the figure out anew."""
         states = STATES if self.state.value == "both" else (self.state.value,)
-        self.figure = where_a_query_looks(self.image, self.ways, (self.y.value, self.x.value), head=self.head.value,
-                                          panel=self.panel, states=states)
-        style.show_png(self.view, self.figure)
+        query = (self.y.value, self.x.value)
+        layout = (states, tuple(self.ways))
+        if self.figure is None or layout != self._layout:
+            self.figure = where_a_query_looks(self.image, self.ways, query, head=self.head.value,
+                                              panel=self.panel, states=states)
+            self._layout = layout
+        else:
+            axes = np.array(self.figure.axes).reshape(self.figure.axes[0].get_subplotspec().get_geometry()[:2])
+            for ax in self.figure.axes:
+                _clear_overlays(ax)
+            with style.rc():
+                _draw_looks(self.figure, axes, self.image, self.ways, query, self.head.value,
+                            axes.shape[1], states, None)
+        self._sender.show(self.view, self.figure)
 
     def _repr_mimebundle_(self, **kwargs):
         return style.widget_bundle(self.widget, self.figure, **kwargs)

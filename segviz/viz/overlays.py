@@ -23,10 +23,20 @@ QUERY_COLOR = "#00e5ff"
 
 # --------------------------------------------------------------------------- patches
 def _grid_lines(ax, starts_y, starts_x, extent_y, extent_x, **style):
-    for y in starts_y:
-        ax.plot(extent_x, [y, y], **style)
-    for x in starts_x:
-        ax.plot([x, x], extent_y, **style)
+    """Horizontal lines at ``starts_y`` across ``extent_x`` and vertical ones at ``starts_x`` across
+    ``extent_y``, as one LineCollection (one artist: quick to build and to draw in explorers)."""
+    segments = [[(extent_x[0], y), (extent_x[1], y)] for y in starts_y]
+    segments += [[(x, extent_y[0]), (x, extent_y[1])] for x in starts_x]
+    return _segments(ax, segments, **style)
+
+
+def _segments(ax, segments, color, lw, alpha=None, **style):
+    """Line segments [[(x0, y0), (x1, y1)], ...] as one LineCollection."""
+    from matplotlib.collections import LineCollection
+
+    lines = LineCollection(segments, colors=color, linewidths=lw, alpha=alpha, **style)
+    ax.add_collection(lines, autolim=False)
+    return lines
 
 
 def _zoom(ax, img, top, left, size, pixel_grid=True):
@@ -176,7 +186,14 @@ def reduction_of(record: AttentionRecord) -> int:
 
 
 def _photo(ax, img):
-    ax.imshow(img * 0.75 + 0.25 * img.mean(-1, keepdims=True))
+    """The photo, slightly greyed so that overlays stand out. An axes whose bottom image is already
+    this photo keeps it (explorers clear what lies over the photo and draw the next query on it)."""
+    if ax.images:
+        shown = getattr(ax.images[0], "segviz_photo", None)
+        if shown is not None and (shown is img or (shown.shape == img.shape and np.array_equal(shown, img))):
+            return
+    shown = ax.imshow(img * 0.75 + 0.25 * img.mean(-1, keepdims=True))
+    shown.segviz_photo = img
 
 
 def _heat(ax, amap, extent_hw, vmin, vmax, cmap="magma"):
