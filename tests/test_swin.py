@@ -381,3 +381,47 @@ def test_masked_probabilities_vanish_and_rows_sum_to_one():
     assert blocked.any()
     assert probs[blocked].max() < 1e-40
     torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
+
+
+def test_inference_reuses_buffers_without_changing_a_number_or_what_hooks_saw(monkeypatch):
+    """Without autograd a Swin block overwrites its own intermediate buffers (GELU in place, residual
+    adds into the branch output). The output equals the out-of-place computation bit for bit, the
+    block's input is untouched, and a tensor a forward hook saw (or ``capture`` recorded) is not
+    overwritten afterwards."""
+    torch.manual_seed(0)
+    block = swin.SwinBlock(32, 2, 4, shifted=True).eval()
+    x = torch.randn(2, 8, 8, 32)
+    layout = swin.window_layout(8, 8, 4, 2)
+    x_before = x.clone()
+    with torch.no_grad():
+        reused = block(x, layout)
+    assert torch.equal(x, x_before)
+    with monkeypatch.context() as m, torch.no_grad():
+        m.setattr(swin, "_may_overwrite", lambda *_: False)
+        reference = block(x, layout)  # out of place
+    assert torch.equal(reused, reference)
+    with torch.enable_grad():  # autograd: out of place, the same function
+        assert torch.allclose(block(x.clone().requires_grad_(True), layout), reference, atol=1e-5)
+    seen = {}
+    def saver(name):
+        def hook(_module, _inputs, out):
+            seen[name] = (out, out.clone())  # returns None: the output is left as it is
+
+        return hook
+
+    handles = [m.register_forward_hook(saver(n))
+               for n, m in [("fc1", block.mlp.fc1), ("fc2", block.mlp.fc2), ("drop_path", block.drop_path)]]
+    try:
+        with torch.no_grad():
+            hooked = block(x, layout)
+    finally:
+        for h in handles:
+            h.remove()
+    assert torch.equal(hooked, reference)
+    for name, (out, copy) in seen.items():
+        assert torch.equal(out, copy), f"{name}'s output was overwritten after its hook saw it"
+    with torch.no_grad(), segviz.capture(block, features="mlp.fc1") as rec:
+        recorded = block(x, layout)
+    fc1 = rec.features["mlp.fc1"]
+    assert torch.equal(recorded, reference)
+    assert torch.equal(fc1, seen["fc1"][1]) and fc1.min() < -0.2  # fc1's output, not GELU's (GELU >= -0.17)
