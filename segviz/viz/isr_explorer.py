@@ -822,14 +822,15 @@ class ISRExplorer:
             self.head.max = heads - 1  # may clamp the head's value; no second redraw
         finally:
             self._busy = False
+        if key not in self._cache:  # the GMACs are known already: show them while the picture is drawn
+            self.gmacs.value = gmacs_html(self.result, self.reference)
         self._picture.update(self.result, self.stage.value, (self.y.value, self.x.value), self.head.value)
-        png = self._picture.png()
+        self.view.value = self._picture.png()  # sent now: the picture does not wait for the mIoU pass
+        self.view.width = str(style.display_width(self.figure))
         if key not in self._cache:
             self.result.miou = pending.result() if pending is not None else None
             self._cache[key] = self.result
         self._show_numbers()
-        self.view.value = png
-        self.view.width = str(style.display_width(self.figure))
         if self.auto_latency and _key(ratios, pool) not in self.latencies:
             self.measure_latency()
 
