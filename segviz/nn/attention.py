@@ -11,9 +11,9 @@ Two paths give the same numbers:
   runs when :func:`explicit_attention` is active (FLOP counting: the flop counter does not see
   inside the CPU SDPA kernel, but it does see the two explicit matmuls).
 
-Recording takes the fast path too and hands the recorder a :class:`DeferredProbs`: q, k and the additive term of this call, from which the
-record forms the probabilities when they are first read (:func:`probabilities`, the same
-operations as the explicit path). So a forward pass inside ``capture`` costs about what it
+Recording takes the fast path too and hands the recorder a :class:`DeferredProbs`: the q, k
+and additive term of this call, from which the record forms the probabilities when they are
+first read (:func:`probabilities`, the same operations as the explicit path). So a forward pass inside ``capture`` costs about what it
 costs outside, and gives exactly the same output (records are detached from autograd in
 either case, see :func:`segviz.nn.recording.emit`); reading a record's ``probs`` costs one
 softmax over its matrix. ``benchmarks/capture_overhead.py`` times both.

@@ -26,10 +26,10 @@ which covers the whole input image: cell (i, j) of an (h, w) grid stands for the
 [i·H/h, (i+1)·H/h) × [j·W/w, (j+1)·W/w). That is all ``segviz.viz`` needs to draw any of them.
 
 A record may hold a field as a :class:`Deferred` value: something computed only when first
-read. The attention kernel hands over ``probs`` that way when no gradient is needed: the
-forward pass keeps its fast fused path and the record keeps q, k and the additive term, so
-recording costs almost nothing and the (Nq, Nk) matrix is formed when (and if) someone reads
-``record.probs``. Code that reads records sees plain tensors either way.
+read. The attention kernel hands over ``probs`` that way: the forward pass keeps its fast
+fused path and the record keeps that call's q, k and additive term, so recording costs
+little and the (Nq, Nk) matrix is formed when (and if) someone reads ``record.probs``. Code
+that reads records sees plain tensors either way.
 
 Record kinds are extensible: :func:`register_kind` adds a name and the dataclass that holds one
 record of it.
