@@ -48,7 +48,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segviz.nn import recording
 from segviz.nn.attention import attention
 from segviz.nn.checks import (
     check_bool, check_heads, check_hidden_width, check_image_batch, check_int, check_int_list, check_positive,
@@ -309,11 +308,13 @@ class Mlp(nn.Module):
 
 def _may_overwrite(t: Tensor, *producers: nn.Module) -> bool:
     """May a block overwrite the intermediate tensor ``t`` (the output of ``producers``) instead of
-    allocating a new one? Only when nothing else can hold it: no autograd, no ``segviz.capture``
-    active, no forward hook on the modules that returned it and no global one. Same numbers either
-    way; on the CPU each fresh multi-MB buffer costs page faults on first touch, and reusing them
-    took Swin-T at 224 from about 0.90x to 0.82x HuggingFace's time (``benchmarks/swin_vs_hf.py``)."""
-    if (torch.is_grad_enabled() and t.requires_grad) or recording.is_recording():
+    allocating a new one? Only when nothing else can hold it: no autograd, no forward hook on the
+    modules that returned it and no global one (``segviz.capture`` records module outputs with
+    forward hooks; its attention records keep q and k, which are never overwritten, and would
+    refuse to read them if they were). Same numbers either way; on the CPU each fresh multi-MB
+    buffer costs page faults on first touch, and reusing them took Swin-T at 224 from about 0.90x
+    to 0.82-0.88x HuggingFace's time (``benchmarks/swin_vs_hf.py``)."""
+    if torch.is_grad_enabled() and t.requires_grad:
         return False
     if any(m._forward_hooks for m in producers) or getattr(nn.modules.module, "_global_forward_hooks", None):
         return False

@@ -18,9 +18,10 @@ costs outside, and gives exactly the same output (records are detached from auto
 either case, see :func:`segviz.nn.recording.emit`); reading a record's ``probs`` costs one
 softmax over its matrix. ``benchmarks/capture_overhead.py`` times both.
 
-Forming probabilities on the CPU, the kernel flushes weights below e^-80 of their row's largest
-to zero when the bias has large finite negative entries (:func:`_flush`: float32 denormals are
-slow), and works on long maps in blocks of query rows (:func:`_probabilities_in_row_blocks`).
+Forming probabilities on the CPU, long maps go in blocks of query rows
+(:func:`_probabilities_in_row_blocks`). The probabilities are the softmax as computed, tiny
+values included: Swin's -100 region mask leaves weights of about e^-100 ≈ 4e-44 (float32
+denormals), and a record shows them as they are rather than as zeros.
 """
 from __future__ import annotations
 
@@ -34,7 +35,6 @@ from torch import Tensor, nn
 from segviz.nn import recording
 
 _explicit_depth = 0
-_FLUSH_BELOW = 80.0  # see _flush(): weights below e^-80 of a row's largest are flushed to zero
 _CHUNK_ABOVE = 1 << 18  # query-key pairs per (image, head) from which the explicit path works in row blocks
 _BLOCK = 1 << 18  # logits per row block (1 MiB of float32)
 
@@ -141,8 +141,7 @@ def probabilities(q: Tensor, k: Tensor, bias: Tensor | None = None, scale: float
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad
                                         or (bias is not None and bias.requires_grad))
     if not grad and q.device.type == "cpu" and q.shape[-2] * k.shape[-2] >= _CHUNK_ABOVE:
-        flush = bias is not None and _has_large_finite_negative(bias)
-        return _probabilities_in_row_blocks(q, k, bias, scale, flush)
+        return _probabilities_in_row_blocks(q, k, bias, scale)
     return _explicit_probabilities(q, k, bias, scale)
 
 
@@ -150,38 +149,11 @@ def _explicit_probabilities(q: Tensor, k: Tensor, bias: Tensor | None, scale: fl
     logits = q @ (k.transpose(-2, -1) * scale)  # scaling k: Nk·d products instead of Nq·d
     if bias is not None:
         logits += bias
-        if q.device.type == "cpu" and _has_large_finite_negative(bias):
-            logits = _flush(logits)
     # softmax in place when no gradient is needed: one (Nq, Nk) buffer instead of two
     return logits.softmax(dim=-1) if logits.requires_grad else torch.softmax(logits, dim=-1, out=logits)
 
 
-def _has_large_finite_negative(bias: Tensor) -> bool:
-    """Does the bias hold finite entries below -80 (Swin's -100 region mask)? See :func:`_flush`.
-    One reduction when its smallest entry answers (a 0 / -100 mask), the full test only for a
-    bias that holds -inf (a 0 / -inf mask)."""
-    lowest = bias.amin()
-    if not bool(lowest < -_FLUSH_BELOW):
-        return False
-    return bool(lowest > -math.inf) or bool(((bias < -_FLUSH_BELOW) & (bias > -math.inf)).any())
-
-
-def _flush(logits: Tensor) -> Tensor:
-    """Set to -inf the logits more than 80 below their row's largest.
-
-    A large finite negative bias (Swin's -100 region mask) leaves weights of ~1e-44 after the
-    softmax: float32 denormals, which make the softmax and the matmul with v several times
-    slower on x86 CPUs. So on the CPU, when the bias has such entries, the weights below e^-80
-    of their row's largest (< 2e-35) become exact zeros, as a -inf mask gives. Their share of
-    the output is far below float32 resolution: the output does not change.
-    """
-    floor = logits.amax(dim=-1, keepdim=True).sub_(_FLUSH_BELOW)
-    blocked = logits < floor
-    return logits.masked_fill(blocked, -math.inf) if logits.requires_grad else logits.masked_fill_(blocked, -math.inf)
-
-
-def _probabilities_in_row_blocks(q: Tensor, k: Tensor, bias: Tensor | None, scale: float,
-                                 flush: bool) -> Tensor:
+def _probabilities_in_row_blocks(q: Tensor, k: Tensor, bias: Tensor | None, scale: float) -> Tensor:
     """:func:`probabilities` for long (Nq, Nk) maps on the CPU without autograd, in blocks of query
     rows: each block's logits go straight into their rows of the result, and its softmax runs
     while the block is still in cache (unblocked, the whole matrix goes through memory twice:
@@ -202,8 +174,6 @@ def _probabilities_in_row_blocks(q: Tensor, k: Tensor, bias: Tensor | None, scal
             torch.mm(q3[i, start:end], kt[i], out=block)
             if bias is not None:
                 block += bias[i // heads, i % heads, start:end]
-                if flush:
-                    _flush(block)
             torch.softmax(block, dim=-1, out=block)
     return probs.view(b, heads, nq, nk)
 

@@ -663,6 +663,7 @@ class ISRExplorer:
         self.head = widgets.IntSlider(0, min=0, max=7, description="head")
         self.y = widgets.IntSlider(h // 2, min=0, max=h - 1, description="query y")
         self.x = widgets.IntSlider(w // 2, min=0, max=w - 1, description="query x")
+        self.x.add_class("segviz-isr-query-x")
         for control in (self.stage, self.head, self.y, self.x):
             control.observe(self._control_changed, names="value")
         lh, lw = self.latency_size
