@@ -226,9 +226,12 @@ print(viz.format_table(rows, float_format="{:.2f}"))
 # 512×512 (random weights: speed does not depend on them; the median of three interleaved runs on a
 # machine that may be busy with other work, so expect some noise). `benchmarks/isr_latency.py` times
 # the same at several sizes, with a control (the training ratios timed against themselves) for the
-# noise: on this 2-core CPU the paper presets' speed-up stands clear of the noise from about 384×384
-# up (1.2–1.4× for the nano model there, 1.5–1.9× at 512, up to 2–3× at 1024); at the nano models'
-# 256×256 it is 1.05–1.17× against 13 % noise, which is why the explorer times latency at 512×512.
+# noise. On this 2-core CPU with nothing else running (24 Nov 2026, one thread, noise 1–4 %) the paper
+# presets' speed-up grows with the input, as the reduced attention becomes a larger share of the work:
+# edaformer-nano 1.08–1.09× at 256×256, 1.22–1.29× at 512, 1.66–1.94× at 1024; EDAFormer-T
+# 1.03–1.07×, 1.15–1.23× and 1.34–1.68×. Each is below what the GMACs cut alone would give (the rest
+# of the time is memory traffic and the feed-forward layers). On a busy machine the noise reached
+# 13 %, more than the whole 256×256 speed-up, which is why the explorer times latency at 512×512.
 
 # %%
 net = segviz.create_model("edaformer-t").eval()

@@ -61,10 +61,10 @@ PAPER_PRESETS = {
 TRAINING = "training ratios"
 CUSTOM = "custom"
 # Default side of the input the explorer times latency at. benchmarks/isr_latency.py --sizes
-# sweeps the size. On a 2-core CPU shared with other work, one thread, the paper presets'
-# speed-up on edaformer-nano was 1.05-1.17x at 256 px, inside or at the edge of the run-to-run
-# noise (13-14 %), above it from 384 px on (1.2-1.4x), and clear at 512 px (1.5-1.9x, noise
-# about 5 %); edaformer-t likewise (1.1x at 256 px within 7-10 % noise, 1.3-1.6x at 512 px).
+# sweeps the size. On a 2-core CPU, one thread, the paper presets' speed-up on edaformer-nano
+# is 1.08-1.09x at 256 px and 1.22-1.29x at 512 px with nothing else running (noise 1-2 %,
+# 24 Nov 2026); with the machine shared with other work the run-to-run noise reached 13-14 %,
+# which swamps the 256 px speed-up but not the 512 px one.
 LATENCY_SIZE = 512
 
 HELP = (
@@ -575,11 +575,10 @@ class ISRExplorer:
     current setting and the training ratios in interleaved rounds (``latency_repeats`` each,
     after one warm-up round) on the explorer's input resized to that size, and keeps the
     result per setting; the readout names the size. Timing every slider move would cost far
-    more than the rest of the update, and at a 256 x 256 input the number would be noise: on
-    a 2-core CPU shared with other work, one thread, the paper presets' speed-up on
-    edaformer-nano is 1.05-1.17x at 256 x 256, inside or at the edge of the run-to-run noise
-    (13-14 %), and 1.5-1.9x at 512 x 512, well above it (about 5 %); see :data:`LATENCY_SIZE`
-    and ``benchmarks/isr_latency.py --sizes 256 384 512 768 1024``.
+    more than the rest of the update, and at a 256 x 256 input the number can be noise: the
+    paper presets' speed-up on edaformer-nano is about 1.08x at 256 x 256 and 1.22-1.29x at
+    512 x 512 (2-core CPU, one thread), while on a busy machine the run-to-run noise reached
+    13-14 %; see :data:`LATENCY_SIZE` and ``benchmarks/isr_latency.py --sizes 256 384 512 768 1024``.
 
     Args:
         model: EDAFormer (encoder and decoder sliders) or SegFormer (encoder sliders only).
