@@ -1,6 +1,7 @@
 """segviz.fuse_for_inference: the fused SegFormer decoder computes the readable model's
 function (<= 1e-5) on every variant, leaves the readable model alone, keeps capture and ISR
-working, really saves the fuse's multiply-adds, and refuses what it cannot fuse."""
+working, really saves the fuse's multiply-adds, and refuses what it cannot fuse; folding
+every convolution-BatchNorm pair keeps every other model kind's function too."""
 import pytest
 import torch
 from torch import nn
@@ -8,6 +9,7 @@ from torch import nn
 import segviz
 from segviz.inspect.fuse import fuse_for_inference
 from segviz.models.segformer import AllMLPDecoder, FusedMLPDecoder
+from segviz.nn.layers import FoldedBatchNorm, fold_batch_norm
 from segviz.registry import get_spec
 
 SEGFORMERS = segviz.list_models("segformer-")
@@ -171,10 +173,17 @@ def test_the_fused_decoder_saves_the_fuse_multiply_adds():
 def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="needs a torch.nn.Module, got str"):
         fuse_for_inference("segformer-b0")
-    with pytest.raises(ValueError, match="EDAFormer has no exact inference transform; models with one: SegFormer"):
-        fuse_for_inference(segviz.create_model("edaformer-nano"))
+    with pytest.raises(ValueError, match="SwinClassifier has no exact inference transform; models with one: SegFormer"):
+        fuse_for_inference(segviz.create_model("swin-nano"))  # LayerNorm only
     with pytest.raises(ValueError, match="has no exact inference transform"):
         fuse_for_inference(nn.Conv2d(3, 8, 1))
+    with pytest.raises(ValueError, match="has no exact inference transform"):  # a BatchNorm before the conv
+        fuse_for_inference(nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 8, 1)))
+    folded = fuse_for_inference(nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8)))
+    with pytest.raises(ValueError, match="already fused"):
+        fuse_for_inference(folded)
+    with pytest.raises(ValueError, match="for inference only"):
+        folded.train()
     fused = fuse_for_inference(segviz.create_model("segformer-nano"))
     with pytest.raises(ValueError, match="already fused"):
         fuse_for_inference(fused)
@@ -208,3 +217,47 @@ def test_a_fuse_conv_with_a_bias_folds_too():
     nn.init.normal_(decoder.linear_fuse.conv.bias)
     feats = _features(decoder)
     assert (fuse_for_inference(decoder)(feats) - decoder(feats)).abs().max() <= TOL
+
+
+CONV_BN_MODELS = ["deeplabv3plus-nano", "deeplabv3-nano", "deeplabv3plus-r50", "upernet-swin-nano", "edaformer-nano",
+                  "mask2former-r50", "dat-nano"]
+
+
+@pytest.mark.parametrize("name", CONV_BN_MODELS)
+@torch.no_grad()
+def test_folding_every_conv_batch_norm_pair_keeps_the_function(name):
+    """Every BatchNorm2d that follows a convolution is folded into it, none is left behind, and the
+    fused model computes the readable one's outputs (BatchNorm statistics randomised first)."""
+    torch.manual_seed(0)
+    model = segviz.create_model(name)
+    _randomise_bn(model)
+    model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    fused = fuse_for_inference(model)
+    bns = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert bns > 0 and not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert sum(isinstance(m, FoldedBatchNorm) for m in fused.modules()) == bns
+    want, got = model(x), fused(x)
+    for a, b in zip(want if isinstance(want, (tuple, list)) else [want], got if isinstance(got, (tuple, list)) else [got]):
+        if isinstance(a, dict):
+            a, b = a["pred_masks"], b["pred_masks"]
+        assert (a - b).abs().max() <= 1e-4 * max(1.0, a.abs().max().item()), name
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the readable model keeps its BatchNorms
+    with pytest.raises(ValueError, match="for inference only"):
+        fused.train()
+
+
+def test_fold_batch_norm_is_the_affine_map_of_the_formula():
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(3, 4, 3, padding=2, dilation=2, bias=True), nn.BatchNorm2d(4)
+    _randomise_bn(bn)
+    bn.eval()
+    folded = fold_batch_norm(conv, bn)
+    x = torch.randn(2, 3, 9, 7)
+    s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    assert torch.allclose(folded.weight, conv.weight * s[:, None, None, None], atol=1e-6)
+    assert torch.allclose(folded.bias, bn.bias + s * (conv.bias - bn.running_mean), atol=1e-6)
+    assert (folded(x) - bn(conv(x))).abs().max() < 1e-5
+    assert folded is not conv and conv.weight.data_ptr() != folded.weight.data_ptr()
+    with pytest.raises(ValueError, match="BatchNorm of 5 channels"):
+        fold_batch_norm(conv, nn.BatchNorm2d(5))

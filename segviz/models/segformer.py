@@ -33,7 +33,8 @@ from segviz.nn.checks import (
 )
 from segviz.nn.contract import SegmentationModel
 from segviz.nn.layers import (
-    ConvBNReLU, DropPath, FeaturePyramid, drop_path_rates, init_linear_and_norm, map_to_tokens, tokens_to_map,
+    ConvBNReLU, DropPath, FeaturePyramid, batch_norm_as_affine, drop_path_rates, init_linear_and_norm, map_to_tokens,
+    tokens_to_map,
 )
 from segviz.nn.reduction import SpatialReductionAttention
 from segviz.registry import register
@@ -422,19 +423,11 @@ class FusedMLPDecoder(nn.Module):
     def from_decoder(cls, decoder: AllMLPDecoder) -> FusedMLPDecoder:
         """The fused decoder computing what ``decoder`` computes in eval mode (same device and dtype)."""
         conv, bn = decoder.linear_fuse.conv, decoder.linear_fuse.bn
-        if bn.running_mean is None or bn.running_var is None:
-            raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False): "
-                             "in eval mode it normalises with each batch's statistics, which no fixed weight can")
+        scale, shift = batch_norm_as_affine(bn, conv.bias)  # s, t (t includes a conv bias)
         dim = conv.out_channels
         weight = conv.weight
         fused = cls([p.proj.in_features for p in decoder.linear_c], dim, decoder.linear_pred.out_channels)
         fused = fused.to(device=weight.device, dtype=weight.dtype)
-
-        def f64(t: Tensor | None, default: float) -> Tensor:
-            return torch.full((dim,), default, dtype=torch.float64, device=weight.device) if t is None else t.double()
-
-        scale = f64(bn.weight, 1.0) / torch.sqrt(bn.running_var.double() + bn.eps)  # s
-        shift = f64(bn.bias, 0.0) + scale * (f64(conv.bias, 0.0) - bn.running_mean.double())  # t (and a conv bias)
         blocks = weight.double().flatten(1).split(dim, dim=1)[::-1]  # W_f,1 .. W_f,4 (concat runs stage 4 first)
         for i, (proj, w_fuse, out) in enumerate(zip(decoder.linear_c, blocks, fused.stage_proj)):
             out.weight.copy_(scale[:, None] * (w_fuse @ proj.proj.weight.double()))  # A_i

@@ -1,6 +1,7 @@
 """Small blocks shared by several architectures."""
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 
 import torch
@@ -44,6 +45,61 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def batch_norm_as_affine(bn: nn.BatchNorm2d, bias_before: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Inference-mode BatchNorm as the per-channel affine map it is, in float64:
+
+        BN(z + b) = γ (z + b − μ) / sqrt(σ² + ε) + β = s ⊙ z + t,
+        s = γ / sqrt(σ² + ε),   t = β + s ⊙ (b − μ)
+
+    with the running statistics μ, σ² and an optional bias b added before it (a conv's).
+    Returns (s, t), each (C,). ValueError for a BatchNorm without running statistics."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False): "
+                         "in eval mode it normalises with each batch's statistics, which no fixed weight can")
+    c, device = bn.num_features, bn.running_mean.device
+
+    def f64(t: Tensor | None, default: float) -> Tensor:
+        return torch.full((c,), default, dtype=torch.float64, device=device) if t is None else t.detach().double()
+
+    scale = f64(bn.weight, 1.0) / torch.sqrt(bn.running_var.double() + bn.eps)
+    return scale, f64(bn.bias, 0.0) + scale * (f64(bias_before, 0.0) - bn.running_mean.double())
+
+
+@torch.no_grad()
+def fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """One convolution computing BN(conv(x)) in inference mode: W' = s ⊙ W (per output channel),
+    b' = t (see :func:`batch_norm_as_affine`). A new module; ``conv`` and ``bn`` are unchanged.
+    Equal up to float rounding (the fold is done in float64)."""
+    if bn.num_features != conv.out_channels:
+        raise ValueError(f"cannot fold a BatchNorm of {bn.num_features} channels into a conv with "
+                         f"{conv.out_channels} output channels")
+    scale, shift = batch_norm_as_affine(bn, conv.bias)
+    folded = copy.deepcopy(conv)
+    if folded.bias is None:
+        folded.bias = nn.Parameter(torch.empty(conv.out_channels, dtype=conv.weight.dtype, device=conv.weight.device))
+    folded.weight.copy_(conv.weight.double() * scale.view(-1, *[1] * (conv.weight.dim() - 1)))
+    folded.bias.copy_(shift)
+    return folded
+
+
+class FoldedBatchNorm(nn.Identity):
+    """Where a BatchNorm stood before :func:`fold_batch_norm` moved it into the conv before it:
+    the identity, and a refusal to train (the model it sits in is for inference only)."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def train(self, mode: bool = True) -> FoldedBatchNorm:
+        if mode:
+            raise ValueError("this model's BatchNorms are folded into its convolutions, so it is for inference "
+                             "only; train the readable model and call segviz.fuse_for_inference again")
+        return super().train(False)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, folded into the conv before it"
 
 
 class ConvBNReLU(nn.Sequential):
