@@ -97,10 +97,16 @@ class _ReshapedDeferred(Deferred):
         return self.inner.materialize().reshape(self.shape)
 
 
-class _ReadOnFirstUse:
-    """Mixin for record dataclasses: fields handed over as :class:`Deferred` are computed (once)
-    when first read, and are plain tensors from then on. Call :meth:`_defer` last in
-    ``__post_init__``."""
+class _HoldsProbabilities:
+    """Mixin for the records holding attention probabilities ``probs``: their number of heads, and
+    fields handed over as :class:`Deferred` computed (once) when first read, plain tensors from
+    then on. Call :meth:`_defer` last in ``__post_init__``."""
+
+    _heads_axis = 1  # the axis of ``probs`` that counts the heads
+
+    @property
+    def heads(self) -> int:
+        return int(self._shape_of("probs")[self._heads_axis])
 
     def _defer(self) -> None:
         pending = {name: value for name, value in vars(self).items() if isinstance(value, Deferred)}
@@ -129,7 +135,7 @@ class _ReadOnFirstUse:
 
 # --------------------------------------------------------------------------- attention over a grid
 @dataclasses.dataclass
-class AttentionRecord(_ReadOnFirstUse):
+class AttentionRecord(_HoldsProbabilities):
     """Global or spatial-reduction attention of one call.
 
     probs: (B, heads, Nq, Nk); q_hw / k_hw: the query and key grids (h, w), so that row
@@ -145,10 +151,6 @@ class AttentionRecord(_ReadOnFirstUse):
     def __post_init__(self):
         self.q_hw, self.k_hw = _hw(self.q_hw, "q_hw"), _hw(self.k_hw, "k_hw")
         self._defer()
-
-    @property
-    def heads(self) -> int:
-        return int(self._shape_of("probs")[1])
 
     @property
     def grid_hw(self) -> tuple[int, int] | None:
@@ -177,7 +179,7 @@ class AttentionRecord(_ReadOnFirstUse):
 
 # --------------------------------------------------------------------------- window attention
 @dataclasses.dataclass
-class WindowAttentionRecord(_ReadOnFirstUse):
+class WindowAttentionRecord(_HoldsProbabilities):
     """Attention inside non-overlapping M×M windows, optionally cyclically shifted (Swin).
 
     The block pads its (h, w) map right/bottom to (h_p, w_p), multiples of M, rolls it by
@@ -193,6 +195,7 @@ class WindowAttentionRecord(_ReadOnFirstUse):
     window: int
     feature_hw: tuple[int, int]
     shift: int = 0
+    _heads_axis = 2  # probs: (B, nW, heads, M², M²)
 
     def __post_init__(self):
         self.feature_hw = _hw(self.feature_hw, "feature_hw")
@@ -224,10 +227,6 @@ class WindowAttentionRecord(_ReadOnFirstUse):
     @property
     def windows_hw(self) -> tuple[int, int]:
         return self.padded_hw[0] // self.window, self.padded_hw[1] // self.window
-
-    @property
-    def heads(self) -> int:
-        return int(self._shape_of("probs")[2])
 
     @property
     def q_hw(self) -> tuple[int, int]:
@@ -357,7 +356,7 @@ class SamplingRecord:
 
 # --------------------------------------------------------------------------- masked attention
 @dataclasses.dataclass
-class MaskedAttentionRecord(_ReadOnFirstUse):
+class MaskedAttentionRecord(_HoldsProbabilities):
     """Masked cross-attention (Mask2Former): object queries attend to the pixels of a feature map,
     only inside the mask predicted by the previous layer.
 
@@ -377,10 +376,6 @@ class MaskedAttentionRecord(_ReadOnFirstUse):
         if self.probs.shape[-1] != self.k_hw[0] * self.k_hw[1]:
             raise ValueError(f"probs have {self.probs.shape[-1]} keys but k_hw {self.k_hw} has {self.k_hw[0] * self.k_hw[1]}")
         self._defer()
-
-    @property
-    def heads(self) -> int:
-        return int(self._shape_of("probs")[1])
 
     @property
     def grid_hw(self) -> tuple[int, int]:
@@ -406,7 +401,7 @@ class MaskedAttentionRecord(_ReadOnFirstUse):
 
 # --------------------------------------------------------------------------- DAT's deformed key grid
 @dataclasses.dataclass
-class DeformedGridRecord(_ReadOnFirstUse):
+class DeformedGridRecord(_HoldsProbabilities):
     """Deformable attention of DAT (Xia et al. 2022) of one call: every query of an (h, w) map
     attends to the same Hk·Wk keys, sampled at a uniform reference grid moved by learned offsets
     (one set of offsets per offset group; the heads of a group share its points).
@@ -437,10 +432,6 @@ class DeformedGridRecord(_ReadOnFirstUse):
         if self.heads % self.groups:
             raise ValueError(f"{self.heads} heads do not split into {self.groups} offset groups")
         self._defer()
-
-    @property
-    def heads(self) -> int:
-        return int(self._shape_of("probs")[1])
 
     @property
     def groups(self) -> int:
