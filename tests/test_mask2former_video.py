@@ -20,13 +20,19 @@ def _one_thread():
         yield
 
 
+TINY = dict(num_classes=4, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=4,
+            drop_path_rate=0.0, hidden_dim=32, mask_dim=32, num_queries=5, heads=2, enc_layers=1,
+            enc_ffn_dim=32, dec_layers=3, dec_ffn_dim=32, groups=8, train_num_points=64)
+
+
 def tiny(**overrides):
     """A very small video model (random init), for fast tests."""
-    cfg = dict(num_classes=4, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=4,
-               drop_path_rate=0.0, hidden_dim=32, mask_dim=32, num_queries=5, heads=2, enc_layers=1,
-               enc_ffn_dim=32, dec_layers=3, dec_ffn_dim=32, groups=8, train_num_points=64, num_frames=3)
-    cfg.update(overrides)
-    return vid.mask2former_video_swin(**cfg)
+    return vid.mask2former_video_swin(**{**TINY, "num_frames": 3, **overrides})
+
+
+def tiny_image(**overrides):
+    """The image Mask2Former of the same size (the same weights fit both)."""
+    return m2f.mask2former_swin(**{**TINY, **overrides})
 
 
 # ---------------------------------------------------------------------------------------
@@ -138,10 +144,7 @@ def test_one_frame_reduces_to_the_image_model():
     the time part does act: leaving it out changes the predictions."""
     torch.manual_seed(0)
     video = tiny(num_frames=1).eval()
-    image = m2f.mask2former_swin(num_classes=4, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4),
-                                 window_size=4, drop_path_rate=0.0, hidden_dim=32, mask_dim=32, num_queries=5,
-                                 heads=2, enc_layers=1, enc_ffn_dim=32, dec_layers=3, dec_ffn_dim=32, groups=8,
-                                 train_num_points=64).eval()
+    image = tiny_image(num_classes=4).eval()
     image.load_state_dict(video.state_dict())
     x = torch.randn(2, 3, 64, 64)
     ref = image.predictions(x)
@@ -264,10 +267,7 @@ def test_frame_assignments_follow_one_query_when_the_tube_is_one_query():
 def test_tube_identity_of_a_model_and_an_image_model_on_clips():
     torch.manual_seed(0)
     model = tiny(num_classes=6).eval()
-    image = m2f.mask2former_swin(num_classes=6, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4),
-                                 window_size=4, drop_path_rate=0.0, hidden_dim=32, mask_dim=32, num_queries=5,
-                                 heads=2, enc_layers=1, enc_ffn_dim=32, dec_layers=3, dec_ffn_dim=32, groups=8,
-                                 train_num_points=64).eval()
+    image = tiny_image(num_classes=6).eval()
     clips = segviz.data.Scenes(2, 64, seed=0, split="val", target="panoptic", frames=3)
     got = vid.tube_identity(model, clips, image)
     objects = sum(len({int(k) for k in clips[i][1][:, 1].unique() if k > 0}) for i in range(2))
